@@ -1,0 +1,97 @@
+"""Runs the mpq_jax pipeline: python -m experiments.main --model=demo_cnn.
+
+Kept short on purpose: flags in, one call to mpq_jax.pipeline.run.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from mpq_jax import pipeline
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", "demo_cnn", "Model name (see mpq_jax.models).")
+flags.DEFINE_string("workdir", None, "Where outputs go; default runs/MODEL.")
+flags.DEFINE_string("data_dir", "~/tensorflow_datasets", "TFDS data directory.")
+flags.DEFINE_list("stages", list(pipeline.STAGES), "Stages to run, in order.")
+flags.DEFINE_integer("num_samples", None, "Monte Carlo samples S (paper: 1200).")
+flags.DEFINE_integer("calib_size", None, "Calibration images N (paper: 50).")
+flags.DEFINE_integer("seed", None, "Seed of sampling, calibration, training.")
+flags.DEFINE_enum("sampler", None, ["uniform", "graded"],
+                  "Bit-vector sampler: graded (default) or the paper's uniform.")
+flags.DEFINE_list("bit_range", None,
+                  "b_min,b_max; empty: the paper's uniform-sweep rule.")
+flags.DEFINE_float("beta", None, "Weight of the allocator's size penalty.")
+flags.DEFINE_float("tolerance_pp", None,
+                   "Accepted top-1 drop in percentage points.")
+flags.DEFINE_integer("activation_bits", None, "Activation bits; 0 turns off.")
+flags.DEFINE_bool("per_channel", False, "Per-channel weight scales.")
+flags.DEFINE_list("query_kl", None, "KL targets for the bits-per-layer figure.")
+flags.DEFINE_integer("num_targets", 40, "KL targets in the allocation sweep.")
+flags.DEFINE_integer("chunk_size", None, "Configurations per compiled call.")
+flags.DEFINE_integer("vmap_width", None, "Configurations vmapped together.")
+flags.DEFINE_integer("train_epochs", None, "Epochs for a model trained here.")
+
+
+def config_from_flags() -> pipeline.RunConfig:
+  """The model's config file, overridden by any flag given."""
+  try:
+    defaults = importlib.import_module(
+        f"experiments.configs.{FLAGS.model}").get_config()
+  except ModuleNotFoundError:
+    defaults = {}
+  def pick(name, fallback=None):
+    value = getattr(FLAGS, name)
+    if value is not None:
+      return value
+    return defaults.get(name, fallback) if defaults else fallback
+  bit_range = pick("bit_range")
+  bit_range = (tuple(int(b) for b in bit_range)
+               if bit_range not in (None, "", []) else None)
+  query_kl = (tuple(float(k) for k in FLAGS.query_kl)
+              if FLAGS.query_kl else None)
+  base = pipeline.RunConfig()
+  return pipeline.RunConfig(
+      model=FLAGS.model,
+      workdir=FLAGS.workdir or f"runs/{FLAGS.model}",
+      data_dir=FLAGS.data_dir,
+      num_samples=pick("num_samples", base.num_samples),
+      calib_size=pick("calib_size", base.calib_size),
+      seed=pick("seed", base.seed),
+      sampler=pick("sampler", base.sampler),
+      bit_range=bit_range,
+      beta=pick("beta", base.beta),
+      tolerance_pp=pick("tolerance_pp", base.tolerance_pp),
+      activation_bits=pick("activation_bits", base.activation_bits),
+      per_channel=FLAGS.per_channel,
+      query_kl=query_kl,
+      num_targets=FLAGS.num_targets,
+      chunk_size=pick("chunk_size", base.chunk_size),
+      vmap_width=pick("vmap_width", base.vmap_width),
+      train_epochs=FLAGS.train_epochs,
+  )
+
+
+def main(argv):
+  del argv
+  if not FLAGS["verbosity"].present:
+    # orbax and tfds log every file at INFO; progress bars say enough.
+    logging.set_verbosity(logging.WARNING)
+  config = config_from_flags()
+  report = pipeline.run(config, FLAGS.stages)
+  if "report" in FLAGS.stages:
+    best = report["best"]
+    logging.info("report written to %s/report.md", config.workdir)
+    print(f"wrote {config.workdir}/report.md and report.json")
+    if best is not None:
+      print(f"chosen bits {best['bits']}: top-1 {best['top1']:.2f}%"
+            f" (full precision {report['fp_top1']:.2f}%),"
+            f" {best['compression']:.2f}x smaller")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,1 @@
+"""Input data: TFDS data sources read through grain, and the bundled demo set."""

@@ -1,0 +1,68 @@
+"""Models by name: how to build each, which data it reads and how to preprocess it."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import numpy as np
+from flax import nnx
+
+from mpq_jax.models import demo_cnn
+
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+
+
+def preprocess_mnist(image: np.ndarray) -> np.ndarray:
+  """uint8 [28, 28, 1] -> float32, standardized with MNIST's mean and std."""
+  return ((image.astype(np.float32) / 255.0) - MNIST_MEAN) / MNIST_STD
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelEntry:
+  """What the pipeline needs to know about one model.
+
+  Attributes:
+    name: the --model value.
+    build: `build(rngs) -> nnx.Module` with fresh weights.
+    dataset: TFDS name of its data.
+    train_split / eval_split: where calibration images / top-1 come from.
+    input_shape: one image's shape.
+    preprocess: uint8 image -> float32 model input.
+    train_epochs: epochs to train it on first use (0: weights come from a file).
+    train_batch_size: batch size for that training.
+  """
+
+  name: str
+  build: Callable[[nnx.Rngs], nnx.Module]
+  dataset: str
+  train_split: str
+  eval_split: str
+  input_shape: tuple[int, ...]
+  preprocess: Callable[[np.ndarray], np.ndarray]
+  train_epochs: int = 0
+  train_batch_size: int = 128
+
+
+MODELS: dict[str, ModelEntry] = {
+    "demo_cnn": ModelEntry(
+        name="demo_cnn",
+        build=lambda rngs: demo_cnn.DemoCNN(rngs=rngs),
+        dataset="mnist_subset",
+        train_split="train",
+        eval_split="test",
+        input_shape=demo_cnn.INPUT_SHAPE,
+        preprocess=preprocess_mnist,
+        train_epochs=15,
+    ),
+}
+
+
+def get_model_entry(name: str) -> ModelEntry:
+  """The registry entry of `name`; a clear error lists the known names."""
+  if name not in MODELS:
+    raise ValueError(
+        f"unknown model {name!r}: choose one of {', '.join(sorted(MODELS))}"
+        " (e.g. --model=demo_cnn)."
+    )
+  return MODELS[name]

@@ -1,0 +1,527 @@
+"""The stages of a run, from a trained model to report.json, resumable from the workdir.
+
+model -> bit_range -> sampling -> allocator -> sweep -> report. Each stage
+reads what earlier stages wrote into the workdir and writes its own result
+there; a stage whose result exists (made with the same settings) is skipped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import pathlib
+import time
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from flax import nnx
+import tqdm
+
+from mpq_jax import activations
+from mpq_jax import allocator as allocator_lib
+from mpq_jax import evaluation
+from mpq_jax import metrics
+from mpq_jax import models
+from mpq_jax import nnx_adapter
+from mpq_jax import report as report_lib
+from mpq_jax import sampling
+from mpq_jax import search
+from mpq_jax import spec as spec_lib
+from mpq_jax import store
+from mpq_jax.data import pipeline as data_pipeline
+from mpq_jax.models import training
+
+STAGES = ("model", "bit_range", "sampling", "allocator", "sweep", "report")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunConfig:
+  """Settings of one run; names match the flags and the report's keys."""
+
+  model: str = "demo_cnn"
+  workdir: str = "runs/demo_cnn"
+  data_dir: str = "~/tensorflow_datasets"
+  num_samples: int = 1200
+  calib_size: int = 50
+  seed: int = 0
+  # "graded" reaches the low-KL end that the paper's "uniform" misses (BUILD.md).
+  sampler: str = "graded"
+  bit_range: tuple[int, int] | None = None  # None: the paper's uniform-sweep rule
+  beta: float = allocator_lib.DEFAULT_BETA
+  hidden: int = allocator_lib.DEFAULT_HIDDEN
+  per_channel: bool = False
+  activation_bits: int = activations.DEFAULT_ACTIVATION_BITS  # 0: off
+  tolerance_pp: float = search.DEFAULT_TOLERANCE_PP
+  num_targets: int = 40
+  query_kl: tuple[float, ...] | None = None  # None: 10th and 90th percentiles
+  chunk_size: int = 50
+  vmap_width: int = 1
+  eval_batch_size: int = 500
+  train_epochs: int | None = None  # None: the model's own default
+
+  def sampling_settings(self, spec: spec_lib.LayerSpec, bit_range,
+                        params_digest: str) -> dict:
+    """What the samples depend on; a store made otherwise is refused."""
+    return {
+        "model": self.model, "seed": self.seed, "sampler": self.sampler,
+        "bit_range": list(bit_range),
+        "calib_size": self.calib_size, "per_channel": self.per_channel,
+        "activation_bits": self.activation_bits,
+        "layer_names": list(spec.names), "params_digest": params_digest,
+    }
+
+
+def params_digest(params: Any) -> str:
+  """A hash of the parameter values: samples belong to one set of weights."""
+  digest = hashlib.sha256()
+  for leaf in jax.tree.leaves(params):
+    digest.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
+  return digest.hexdigest()[:16]
+
+
+class Run:
+  """One run in one workdir: lazily built shared state, and the stages."""
+
+  def __init__(self, config: RunConfig):
+    self.config = config
+    self.entry = models.get_model_entry(config.model)
+    self.workdir = pathlib.Path(config.workdir).expanduser()
+    self.data_dir = str(pathlib.Path(config.data_dir).expanduser())
+    if config.calib_size < 1:
+      raise ValueError(
+          f"calibration set is empty (--calib_size={config.calib_size}): the"
+          " paper uses N = 50 training images; pass --calib_size=50.")
+    if config.num_samples < 4:
+      raise ValueError(f"--num_samples={config.num_samples} is too few to"
+                       " train the allocator: use at least 4 (paper: 1200).")
+    if config.bit_range is not None:
+      sampling.check_bit_range(config.bit_range)
+    self._claim_workdir()
+    self.timings = store.read_json(self.workdir / "timings.json") or {}
+    self._reused = False
+
+  # --- the workdir ---------------------------------------------------------
+
+  def _claim_workdir(self) -> None:
+    self.workdir.mkdir(parents=True, exist_ok=True)
+    owner_path = self.workdir / "run.json"
+    owner = store.read_json(owner_path)
+    if owner is None:
+      store.write_json(owner_path, {"model": self.config.model})
+    elif owner.get("model") != self.config.model:
+      raise ValueError(
+          f"workdir {self.workdir} holds a run of model {owner.get('model')!r},"
+          f" not {self.config.model!r}: pass another --workdir (e.g."
+          f" --workdir=runs/{self.config.model}) or delete that directory.")
+
+  def path(self, name: str) -> pathlib.Path:
+    return self.workdir / name
+
+  def _require(self, name: str, stage: str) -> dict:
+    record = store.read_json(self.path(name))
+    if record is None:
+      raise FileNotFoundError(
+          f"{self.path(name)} is missing: run the {stage!r} stage first"
+          f" (--stages={stage} or no --stages at all).")
+    return record
+
+  # --- shared state, built on first use -----------------------------------
+
+  @functools.cached_property
+  def model_and_params(self) -> tuple[Any, Any]:
+    """(apply_fn, params), trained and checkpointed on first use."""
+    module = self.entry.build(nnx.Rngs(self.config.seed))
+    apply_fn, params = nnx_adapter.functional_model(module)
+    checkpoint = self.path("model_checkpoint")
+    if checkpoint.exists():
+      params = store.restore_checkpoint(checkpoint, params)
+      logging.info("loaded %s from %s", self.config.model, checkpoint)
+      return apply_fn, params
+    epochs = (self.entry.train_epochs if self.config.train_epochs is None
+              else self.config.train_epochs)
+    if epochs <= 0:
+      raise FileNotFoundError(
+          f"{checkpoint} is missing and {self.config.model} is not trained"
+          " here: put its weights there.")
+    source = data_pipeline.data_source(self.entry.dataset,
+                                       self.entry.train_split, self.data_dir)
+    steps = epochs * (len(source) // self.entry.train_batch_size)
+    batches = data_pipeline.batches(
+        source, self.entry.train_batch_size, self.entry.preprocess,
+        shuffle_seed=self.config.seed, num_epochs=epochs, drop_remainder=True)
+    batches = tqdm.tqdm(batches, total=steps, desc="train " + self.entry.name,
+                        leave=False)
+    module.train()
+    training.train_classifier(module, batches)
+    apply_fn, params = nnx_adapter.functional_model(module)
+    store.save_checkpoint(checkpoint, params)
+    return apply_fn, params
+
+  @property
+  def apply_fn(self):
+    return self.model_and_params[0]
+
+  @property
+  def params(self):
+    return self.model_and_params[1]
+
+  @functools.cached_property
+  def spec(self) -> spec_lib.LayerSpec:
+    example = jnp.zeros((1,) + tuple(self.entry.input_shape), jnp.float32)
+    spec = spec_lib.build_layer_spec(self.apply_fn, self.params, example)
+    spec_lib.check_finite_params(self.params, spec)
+    return spec
+
+  @functools.cached_property
+  def calibration_images(self) -> np.ndarray:
+    source = data_pipeline.data_source(self.entry.dataset,
+                                       self.entry.train_split, self.data_dir)
+    return data_pipeline.calibration_images(
+        source, self.config.calib_size, self.entry.preprocess,
+        seed=self.config.seed)
+
+  @functools.cached_property
+  def eval_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+    source = data_pipeline.data_source(self.entry.dataset,
+                                       self.entry.eval_split, self.data_dir)
+    return data_pipeline.load_split_arrays(source, self.entry.preprocess)
+
+  @functools.cached_property
+  def activation_ranges(self):
+    if self.config.activation_bits <= 0:
+      return None
+    return activations.calibrate_activation_ranges(
+        self.apply_fn, self.params, self.spec,
+        jnp.asarray(self.calibration_images))
+
+  @functools.cached_property
+  def quantized_apply(self):
+    return activations.make_quantized_apply(
+        self.apply_fn, self.spec, activation_ranges=self.activation_ranges,
+        activation_bits=max(self.config.activation_bits, 1),
+        per_channel=self.config.per_channel)
+
+  @functools.cached_property
+  def kl_of(self):
+    return sampling.make_kl_evaluator(
+        self.apply_fn, self.params, self.spec,
+        jnp.asarray(self.calibration_images),
+        activation_ranges=self.activation_ranges,
+        activation_bits=max(self.config.activation_bits, 1),
+        per_channel=self.config.per_channel,
+        chunk_size=self.config.chunk_size, vmap_width=self.config.vmap_width)
+
+  @functools.cached_property
+  def top1_of(self):
+    images, labels = self.eval_arrays
+    return evaluation.make_top1_evaluator(
+        self.quantized_apply, self.params, images, labels,
+        self.spec.num_layers, batch_size=self.config.eval_batch_size)
+
+  def size_record(self, bits) -> dict:
+    """Sizes of one allocation, every figure from mpq_jax.metrics."""
+    options = dict(per_channel=self.config.per_channel,
+                   quantize_activations=self.config.activation_bits > 0)
+    return {
+        "bytes": metrics.model_bytes(bits, self.spec, **options),
+        "compression": metrics.compression(bits, self.spec, **options),
+        "weight_compression": metrics.weight_compression(bits, self.spec),
+    }
+
+  def measure(self, bit_rows) -> list[dict]:
+    """KL on the calibration images, top-1 on the eval split, and sizes.
+
+    All rows go through the KL program together: one call, not one per row.
+    """
+    bit_rows = np.asarray(bit_rows, np.int32)
+    kls = self.kl_of(bit_rows)
+    return [{"bits": row.tolist(), "kl": float(kl), "top1": self.top1_of(row),
+             **self.size_record(row)}
+            for row, kl in zip(tqdm.tqdm(bit_rows, desc="top-1", leave=False),
+                               kls)]
+
+  # --- the stages ----------------------------------------------------------
+
+  def _reuse(self, record: dict) -> dict:
+    """Marks the running stage as answered from the workdir."""
+    self._reused = True
+    return record
+
+  def stage_model(self) -> dict:
+    record = store.read_json(self.path("model.json"))
+    if record is not None and self.path("model_checkpoint").exists():
+      return self._reuse(record)
+    images, labels = self.eval_arrays
+    record = {
+        "model": self.config.model,
+        "fp_top1": evaluation.full_precision_top1(
+            self.apply_fn, self.params, images, labels,
+            self.config.eval_batch_size),
+        "num_layers": self.spec.num_layers,
+        "layer_names": list(self.spec.names),
+        "layer_params": list(self.spec.num_params),
+        "total_params": self.spec.total_params,
+        "fp_bytes": metrics.full_precision_bytes(self.spec),
+        "params_digest": params_digest(self.params),
+    }
+    store.write_json(self.path("model.json"), record)
+    return record
+
+  def stage_bit_range(self) -> dict:
+    record = store.read_json(self.path("bit_range.json"))
+    if record is not None and record.get("requested") == _listed(
+        self.config.bit_range):
+      return self._reuse(record)
+    fp_top1 = self._require("model.json", "model")["fp_top1"]
+    rows = [np.full(self.spec.num_layers, bits)
+            for bits in search.UNIFORM_CANDIDATES]
+    uniform = [{**measured, "bits": bits} for bits, measured in zip(
+        search.UNIFORM_CANDIDATES, self.measure(rows))]
+    if self.config.bit_range is not None:
+      chosen, rule = tuple(self.config.bit_range), "given"
+    else:
+      chosen = search.choose_bit_range(
+          {u["bits"]: u["top1"] for u in uniform}, fp_top1,
+          self.config.tolerance_pp)
+      rule = "paper: uniform sweep"
+    record = {"bit_range": list(chosen), "rule": rule,
+              "requested": _listed(self.config.bit_range), "uniform": uniform}
+    store.write_json(self.path("bit_range.json"), record)
+    return record
+
+  def stage_sampling(self) -> dict:
+    bit_range = self._require("bit_range.json", "bit_range")["bit_range"]
+    settings = self.config.sampling_settings(self.spec, bit_range,
+                                             params_digest(self.params))
+    sample_store = store.SampleStore(self.path("samples"), settings)
+    all_bits, all_kl = [], []
+    chunks = list(sampling.chunk_starts(self.config.num_samples,
+                                        self.config.chunk_size))
+    progress = tqdm.tqdm(total=self.config.num_samples, desc="sampling",
+                         unit="config", leave=False)
+    computed = 0
+    for start, count in chunks:
+      bits = sampling.sample_bit_configs(self.config.seed, start, count,
+                                         self.spec.num_layers, bit_range,
+                                         self.config.sampler)
+      kl = sample_store.load_chunk(start, bits)
+      if kl is None:
+        kl = self.kl_of(bits)
+        sample_store.save_chunk(start, bits, kl)
+        computed += count
+      all_bits.append(bits)
+      all_kl.append(kl)
+      progress.update(count)
+    progress.close()
+    bits, kl = np.concatenate(all_bits), np.concatenate(all_kl)
+    np.savez(self.path("samples.npz"), bits=bits, kl=kl)
+    sizes = [metrics.model_bytes(b, self.spec,
+                                 per_channel=self.config.per_channel,
+                                 quantize_activations=
+                                 self.config.activation_bits > 0)
+             for b in bits]
+    record = {"num_samples": len(kl), "bit_range": bit_range,
+              "kl_min": float(kl.min()), "kl_max": float(kl.max()),
+              "kl_size_spearman": metrics.spearman_correlation(sizes, kl)}
+    store.write_json(self.path("sampling.json"), record)
+    return record if computed else self._reuse(record)
+
+  def _samples(self) -> tuple[np.ndarray, np.ndarray]:
+    self._require("sampling.json", "sampling")
+    with np.load(self.path("samples.npz")) as samples:
+      return samples["bits"], samples["kl"]
+
+  def _allocator_settings(self, bit_range) -> dict:
+    return {"beta": self.config.beta, "hidden": self.config.hidden,
+            "seed": self.config.seed, "num_samples": self.config.num_samples,
+            "sampler": self.config.sampler,
+            "bit_range": list(bit_range)}
+
+  def _load_allocator(self, record: dict) -> allocator_lib.Allocator:
+    bit_range = tuple(record["bit_range"])
+    module = allocator_lib.AllocatorMLP(self.spec.num_layers, bit_range,
+                                        hidden=record["hidden"],
+                                        rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(module)
+    state = store.restore_checkpoint(self.path("allocator_checkpoint"),
+                                     nnx.to_pure_dict(state))
+    return allocator_lib.Allocator(
+        graphdef=graphdef, state=state, log_kl_mean=record["log_kl_mean"],
+        log_kl_std=record["log_kl_std"], bit_range=bit_range,
+        beta=record["beta"])
+
+  def stage_allocator(self) -> dict:
+    bits, kl = self._samples()
+    bit_range = self._require("bit_range.json", "bit_range")["bit_range"]
+    settings = self._allocator_settings(bit_range)
+    record = store.read_json(self.path("allocator.json"))
+    if record is not None and record.get("settings") == settings:
+      return self._reuse(record)
+    trained, history = allocator_lib.train_allocator(
+        kl, bits, self.spec.num_params_array, tuple(bit_range),
+        beta=self.config.beta, hidden=self.config.hidden,
+        seed=self.config.seed)
+    store.save_checkpoint(self.path("allocator_checkpoint"),
+                          nnx.to_pure_dict(trained.state))
+    record = {"settings": settings, "beta": trained.beta,
+              "hidden": self.config.hidden, "bit_range": list(bit_range),
+              "log_kl_mean": trained.log_kl_mean,
+              "log_kl_std": trained.log_kl_std,
+              "best_epoch": history.best_epoch,
+              "epochs_run": len(history.train_loss),
+              "final_train_loss": history.train_loss[history.best_epoch],
+              "final_holdout_loss": history.holdout_loss[history.best_epoch]}
+    store.write_json(self.path("allocator.json"), record)
+    return record
+
+  def query_targets(self, kl: np.ndarray) -> list[float]:
+    if self.config.query_kl is not None:
+      return [float(t) for t in self.config.query_kl]
+    return [float(t) for t in np.quantile(kl, [0.1, 0.9])]
+
+  def stage_sweep(self) -> dict:
+    bits, kl = self._samples()
+    allocator_record = self._require("allocator.json", "allocator")
+    fp_top1 = self._require("model.json", "model")["fp_top1"]
+    settings = {"allocator": allocator_record["settings"],
+                "num_targets": self.config.num_targets,
+                "query_kl": _listed_floats(self.config.query_kl),
+                "tolerance_pp": self.config.tolerance_pp}
+    record = store.read_json(self.path("sweep.json"))
+    if record is not None and record.get("settings") == settings:
+      return self._reuse(record)
+    trained = self._load_allocator(allocator_record)
+    queries = self.query_targets(kl)
+    bit_range_record = self._require("bit_range.json", "bit_range")
+    b_max = bit_range_record["bit_range"][1]
+    most_precise = [u["kl"] for u in bit_range_record["uniform"]
+                    if u["bits"] == b_max]
+    targets = np.concatenate([
+        search.sweep_targets(kl, self.config.num_targets,
+                             lowest=most_precise[0] if most_precise else None),
+        queries])
+    allocated = allocator_lib.allocate_bits(trained, targets)
+    distinct = np.unique(allocated, axis=0)
+    sample_sizes = [self.size_record(b)["bytes"] for b in bits]
+    measured = {}
+    for row, record in zip(distinct, self.measure(distinct)):
+      record["dominated_fraction"] = metrics.dominated_fraction(
+          record["bytes"], record["kl"], sample_sizes, kl)
+      record["top1_drop_pp"] = fp_top1 - record["top1"]
+      measured[tuple(row.tolist())] = record
+    allocations = [{"method": "mlp", "target_kl": float(target),
+                    **measured[tuple(row.tolist())]}
+                   for target, row in zip(targets, allocated)]
+    uniform = bit_range_record["uniform"]
+    best = search.pick_smallest_within_tolerance(
+        _distinct(allocations), fp_top1, self.config.tolerance_pp)
+    best_uniform = search.pick_smallest_within_tolerance(
+        uniform, fp_top1, self.config.tolerance_pp)
+    record = {"settings": settings, "query_kl": queries,
+              "allocations": allocations,
+              "best": best, "best_uniform": best_uniform}
+    store.write_json(self.path("sweep.json"), record)
+    return record
+
+  def stage_report(self) -> dict:
+    model_record = self._require("model.json", "model")
+    bit_range_record = self._require("bit_range.json", "bit_range")
+    sampling_record = self._require("sampling.json", "sampling")
+    allocator_record = self._require("allocator.json", "allocator")
+    sweep_record = self._require("sweep.json", "sweep")
+    fp_top1 = model_record["fp_top1"]
+    uniform = [{**u, "top1_drop_pp": fp_top1 - u["top1"]}
+               for u in bit_range_record["uniform"]]
+    best = sweep_record["best"]
+    best_uniform = sweep_record["best_uniform"]
+    report = {
+        "model": model_record["model"],
+        "num_layers": model_record["num_layers"],
+        "layer_names": model_record["layer_names"],
+        "layer_params": model_record["layer_params"],
+        "total_params": model_record["total_params"],
+        "fp_bytes": model_record["fp_bytes"],
+        "bit_range": bit_range_record["bit_range"],
+        "bit_range_rule": bit_range_record["rule"],
+        "num_samples": sampling_record["num_samples"],
+        "calib_size": self.config.calib_size,
+        "seed": self.config.seed,
+        "sampler": self.config.sampler,
+        "beta": allocator_record["beta"],
+        "per_channel": self.config.per_channel,
+        "activation_bits": self.config.activation_bits,
+        "tolerance_pp": self.config.tolerance_pp,
+        "fp_top1": fp_top1,
+        "eval_images": int(len(self.eval_arrays[1])),
+        "kl_size_spearman": sampling_record["kl_size_spearman"],
+        "uniform": uniform,
+        "query_kl": sweep_record["query_kl"],
+        "allocations": sweep_record["allocations"],
+        "best": best,
+        "best_uniform": best_uniform,
+        "mlp_beats_uniform": bool(
+            best is not None and (best_uniform is None
+                                  or best["compression"]
+                                  > best_uniform["compression"])),
+        "max_dominated_fraction": max(
+            a["dominated_fraction"] for a in sweep_record["allocations"]),
+        "timings": dict(self.timings),
+    }
+    bits, kl = self._samples()
+    sample_sizes = np.asarray([self.size_record(b)["bytes"] for b in bits])
+    report["figures"] = report_lib.write_figures(self.workdir, report,
+                                                 sample_sizes, kl)
+    return report
+
+  # --- running -------------------------------------------------------------
+
+  def run(self, stages: Sequence[str] = STAGES) -> dict:
+    """Runs `stages` in pipeline order; returns the last stage's record."""
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+      raise ValueError(f"unknown stage(s) {unknown}: choose from"
+                       f" {', '.join(STAGES)}.")
+    result = {}
+    for stage in STAGES:
+      if stage not in stages:
+        continue
+      logging.info("stage %s", stage)
+      started = time.perf_counter()
+      self._reused = False
+      result = getattr(self, "stage_" + stage)()
+      elapsed = time.perf_counter() - started
+      # A stage skipped because its result exists keeps its first timing.
+      if not self._reused or stage not in self.timings:
+        self.timings[stage] = round(elapsed, 2)
+        store.write_json(self.path("timings.json"), self.timings)
+      if stage == "report":
+        result["timings"] = dict(self.timings)
+        report_lib.write_report_files(self.workdir, result)
+    return result
+
+
+def _listed(bit_range) -> list[int] | None:
+  return None if bit_range is None else [int(b) for b in bit_range]
+
+
+def _listed_floats(values) -> list[float] | None:
+  return None if values is None else [float(v) for v in values]
+
+
+def _distinct(allocations: Sequence[dict]) -> list[dict]:
+  seen, distinct = set(), []
+  for allocation in allocations:
+    key = tuple(allocation["bits"])
+    if key not in seen:
+      seen.add(key)
+      distinct.append(allocation)
+  return distinct
+
+
+def run(config: RunConfig, stages: Sequence[str] = STAGES) -> dict:
+  """Runs a whole pipeline (or some stages) for `config`."""
+  return Run(config).run(stages)

@@ -1,0 +1,145 @@
+"""Monte Carlo bit vectors and their KL divergence, many per compiled program."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mpq_jax import activations
+from mpq_jax import metrics
+from mpq_jax import quant
+from mpq_jax import spec as spec_lib
+
+
+def check_bit_range(bit_range: tuple[int, int]) -> tuple[int, int]:
+  """Validates [b_min, b_max] and returns it as ints."""
+  try:
+    low, high = (int(b) for b in bit_range)
+  except (TypeError, ValueError):
+    raise ValueError(
+        f"bit range {bit_range!r} is not two integers: give it as"
+        " 'b_min,b_max', e.g. --bit_range=2,8."
+    ) from None
+  if low < quant.MIN_WEIGHT_BITS:
+    raise ValueError(
+        f"bit range starts at {low}, but a signed symmetric grid needs at"
+        " least 2 bits: use b_min >= 2."
+    )
+  if high < low or high > quant.MAX_BITS:
+    raise ValueError(
+        f"bit range [{low}, {high}] is empty or above {quant.MAX_BITS} bits:"
+        " give b_min <= b_max <= 16."
+    )
+  return low, high
+
+
+SAMPLERS = ("uniform", "graded")
+
+
+def _draw_uniform(key, num_layers, low, high):
+  return jax.random.randint(key, (num_layers,), low, high + 1)
+
+
+def _draw_graded(key, num_layers, low, high):
+  # A per-sample floor, then uniform above it: every precision level from
+  # "all layers at b_max" to "anything in range" is drawn equally often.
+  floor_key, bits_key = jax.random.split(key)
+  floor = jax.random.randint(floor_key, (), low, high + 1)
+  return jax.random.randint(bits_key, (num_layers,), floor, high + 1)
+
+
+def sample_bit_configs(
+    seed: int, start: int, count: int, num_layers: int,
+    bit_range: tuple[int, int], sampler: str = "uniform",
+) -> np.ndarray:
+  """Configurations start .. start+count-1, every bit-width in the range.
+
+  Configuration j depends on (seed, j) alone, so any chunking, restart or
+  device count draws the same vectors.
+
+  Args:
+    seed: the run's seed.
+    start: index of the first configuration.
+    count: how many to draw.
+    num_layers: bits per configuration.
+    bit_range: (b_min, b_max), inclusive.
+    sampler: "uniform", the paper's: each layer independently uniform in
+      the range. "graded": a floor uniform in the range per configuration,
+      then each layer uniform between the floor and b_max, which covers the
+      low-KL end (most layers near b_max) that independent draws almost
+      never reach.
+
+  Returns:
+    int32 array [count, num_layers].
+  """
+  low, high = check_bit_range(bit_range)
+  if sampler not in SAMPLERS:
+    raise ValueError(f"unknown sampler {sampler!r}: choose one of"
+                     f" {', '.join(SAMPLERS)}.")
+  draw_one = _draw_uniform if sampler == "uniform" else _draw_graded
+  base = jax.random.key(seed)
+  indices = jnp.arange(start, start + count, dtype=jnp.uint32)
+  draw = lambda j: draw_one(jax.random.fold_in(base, j), num_layers, low, high)
+  return np.asarray(jax.vmap(draw)(indices), np.int32)
+
+
+def make_kl_evaluator(
+    apply_fn: Callable[[Any, jax.Array], jax.Array],
+    params: Any,
+    spec: spec_lib.LayerSpec,
+    calibration_images: jax.Array,
+    *,
+    activation_ranges: jax.Array | None = None,
+    activation_bits: int = activations.DEFAULT_ACTIVATION_BITS,
+    per_channel: bool = False,
+    chunk_size: int = 50,
+    vmap_width: int = 1,
+) -> Callable[[np.ndarray], np.ndarray]:
+  """Returns `kl_of(bits [C, L]) -> Omega [C]` for any C, compiled once.
+
+  Configurations go to one compiled program `chunk_size` at a time (the last
+  chunk padded); inside it `lax.map` walks them `vmap_width` at a time, so
+  memory stays that of `vmap_width` forward passes whatever C is.
+  On XLA CPU a width of 1 is fastest (vmapped weights become grouped
+  convolutions); accelerators may prefer more.
+  """
+  activations.check_calibration_images(calibration_images)
+  quantized_apply = activations.make_quantized_apply(
+      apply_fn, spec, activation_ranges=activation_ranges,
+      activation_bits=activation_bits, per_channel=per_channel)
+  reference_logits = jax.jit(apply_fn)(params, calibration_images)
+
+  @jax.jit
+  def kl_of_configs(params, bit_configs, images, reference):
+    def one(bits):
+      return metrics.kl_divergence(reference,
+                                   quantized_apply(params, bits, images))
+    return jax.lax.map(one, bit_configs, batch_size=vmap_width)
+
+  def kl_of(bit_configs) -> np.ndarray:
+    bit_configs = quant.check_weight_bits(bit_configs, spec.num_layers)
+    count = bit_configs.shape[0]
+    if count == 0:
+      return np.zeros(0, np.float32)
+    padded = -(-count // chunk_size) * chunk_size
+    bit_configs = np.concatenate(
+        [bit_configs, np.repeat(bit_configs[-1:], padded - count, axis=0)])
+    results = [
+        np.asarray(kl_of_configs(params, jnp.asarray(chunk),
+                                 calibration_images, reference_logits))
+        for chunk in np.split(bit_configs, padded // chunk_size)
+    ]
+    return np.concatenate(results)[:count]
+
+  return kl_of
+
+
+def chunk_starts(num_samples: int, chunk_size: int) -> Iterator[tuple[int, int]]:
+  """(start, count) pairs that tile [0, num_samples)."""
+  if chunk_size < 1:
+    raise ValueError(f"chunk size must be >= 1, got {chunk_size}.")
+  for start in range(0, num_samples, chunk_size):
+    yield start, min(chunk_size, num_samples - start)
