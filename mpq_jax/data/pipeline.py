@@ -30,7 +30,7 @@ def data_source(name: str, split: str, data_dir: str):
   try:
     return tfds.data_source(name, split=split, data_dir=data_dir,
                             download=False)
-  except (AssertionError, FileNotFoundError) as error:
+  except (AssertionError, FileNotFoundError, NotImplementedError) as error:
     raise FileNotFoundError(
         f"TFDS data set {name!r} is not prepared under {data_dir!r}: prepare"
         " it in the array_record format there (BUILD.md says how), or pass"
