@@ -33,7 +33,7 @@ class AllocatorMLP(nnx.Module):
     self.output = nnx.Linear(hidden, num_layers, rngs=rngs)
     low, high = bit_range
     # Predicting offsets from the middle of the range, in half-range units,
-    # keeps the initial outputs inside it and the gradients well scaled.
+    # starts the outputs near the centre and keeps the gradients well scaled.
     self.centre = nnx.Variable(jnp.float32((low + high) / 2))
     self.half_width = nnx.Variable(jnp.float32(max(high - low, 1) / 2))
 

@@ -88,10 +88,14 @@ def quantize_asymmetric(
   max_code = (jnp.left_shift(1, jnp.asarray(bits, jnp.int32)) - 1).astype(
       jnp.float32
   )
-  scale = jnp.where(high > low, (high - low) / max_code, 1.0)
+  has_range = high > low
+  scale = jnp.where(has_range, (high - low) / max_code, 1.0)
   zero_point = jnp.round(-low / scale)
   codes = jnp.clip(jnp.round(values / scale) + zero_point, 0.0, max_code)
-  return ((codes - zero_point) * scale).astype(values.dtype)
+  dequantized = (codes - zero_point) * scale
+  # A layer whose calibration inputs were all zero (a dead ReLU, say) has the
+  # one-point range [0, 0]: every input maps to 0.
+  return jnp.where(has_range, dequantized, 0.0).astype(values.dtype)
 
 
 def check_weight_bits(

@@ -292,13 +292,6 @@ def test_asymmetric_degenerate_range_has_no_nan():
   np.testing.assert_array_equal(np.asarray(q)[[0, 2]], [0.0, 0.0])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="quantize_asymmetric with a degenerate range low == high == 0 (a"
-    " layer whose calibration inputs were all zero) falls back to scale 1.0"
-    " with 2**b - 1 codes, so positive inputs pass through rounded to"
-    " integers (1.0 -> 1.0, up to 255 at 8 bits) instead of being clipped"
-    " to the calibrated range [0, 0].")
 def test_asymmetric_degenerate_range_clips_to_zero():
   q = quant.quantize_asymmetric(jnp.array([0.0, 1.0, -1.0]), 8, 0.0, 0.0)
   assert not np.any(np.isnan(np.asarray(q)))
