@@ -149,7 +149,7 @@ class Run:
           " here: put its weights there.")
     source = data_pipeline.data_source(self.entry.dataset,
                                        self.entry.train_split, self.data_dir)
-    steps = epochs * (len(source) // self.entry.train_batch_size)
+    steps = epochs * len(source) // self.entry.train_batch_size
     batches = data_pipeline.batches(
         source, self.entry.train_batch_size, self.entry.preprocess,
         shuffle_seed=self.config.seed, num_epochs=epochs, drop_remainder=True)
