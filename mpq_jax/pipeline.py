@@ -57,7 +57,7 @@ class RunConfig:
   activation_bits: int = activations.DEFAULT_ACTIVATION_BITS  # 0: off
   tolerance_pp: float = search.DEFAULT_TOLERANCE_PP
   num_targets: int = 40
-  query_kl: tuple[float, ...] | None = None  # None: 10th and 90th percentiles
+  query_kl: tuple[float, ...] | None = None  # None: quartiles of the samples
   chunk_size: int = 50
   vmap_width: int = 1
   eval_batch_size: int = 500
@@ -381,7 +381,7 @@ class Run:
   def query_targets(self, kl: np.ndarray) -> list[float]:
     if self.config.query_kl is not None:
       return [float(t) for t in self.config.query_kl]
-    return [float(t) for t in np.quantile(kl, [0.1, 0.9])]
+    return [float(t) for t in np.quantile(kl, [0.25, 0.75])]
 
   def stage_sweep(self) -> dict:
     bits, kl = self._samples()

@@ -45,9 +45,11 @@ def _draw_uniform(key, num_layers, low, high):
 
 def _draw_graded(key, num_layers, low, high):
   # A per-sample floor, then uniform above it: every precision level from
-  # "all layers at b_max" to "anything in range" is drawn equally often.
+  # "most layers at b_max" to "anything in range" is drawn equally often.
+  # The floor stops below b_max, else a share of the samples would all be
+  # the one all-b_max vector.
   floor_key, bits_key = jax.random.split(key)
-  floor = jax.random.randint(floor_key, (), low, high + 1)
+  floor = jax.random.randint(floor_key, (), low, max(high, low + 1))
   return jax.random.randint(bits_key, (num_layers,), floor, high + 1)
 
 
@@ -67,8 +69,8 @@ def sample_bit_configs(
     num_layers: bits per configuration.
     bit_range: (b_min, b_max), inclusive.
     sampler: "uniform", the paper's: each layer independently uniform in
-      the range. "graded": a floor uniform in the range per configuration,
-      then each layer uniform between the floor and b_max, which covers the
+      the range. "graded": a floor uniform in [b_min, b_max - 1] per
+      configuration, then each layer uniform in [floor, b_max], which covers the
       low-KL end (most layers near b_max) that independent draws almost
       never reach.
 
