@@ -30,7 +30,9 @@ def choose_bit_range(uniform_top1: dict[int, float], fp_top1: float,
                and uniform_top1[b] <= COLLAPSE_FRACTION * fp_top1]
   b_min = collapsed[-1] if collapsed else candidates[0]
   if b_min >= b_max:
-    b_min = max(candidates[0], b_max - 1)
+    # Even the smallest width keeps accuracy: widen upwards so that there
+    # is still a choice to make per layer.
+    b_max = b_min + 1
   return b_min, b_max
 
 
