@@ -45,11 +45,12 @@ def _draw_uniform(key, num_layers, low, high):
 
 def _draw_graded(key, num_layers, low, high):
   # A per-sample floor, then uniform above it: every precision level from
-  # "most layers at b_max" to "anything in range" is drawn equally often.
-  # The floor stops below b_max, else a share of the samples would all be
-  # the one all-b_max vector.
+  # "all layers at b_max" to "anything in range" is drawn equally often.
+  # A floor at b_max gives the all-b_max vector (1/K of the samples): it
+  # anchors the allocator's low-KL end. Stopping the floor below b_max lost
+  # the demo's within-tolerance allocation (BENCHMARKS.md).
   floor_key, bits_key = jax.random.split(key)
-  floor = jax.random.randint(floor_key, (), low, max(high, low + 1))
+  floor = jax.random.randint(floor_key, (), low, high + 1)
   return jax.random.randint(bits_key, (num_layers,), floor, high + 1)
 
 
@@ -69,7 +70,7 @@ def sample_bit_configs(
     num_layers: bits per configuration.
     bit_range: (b_min, b_max), inclusive.
     sampler: "uniform", the paper's: each layer independently uniform in
-      the range. "graded": a floor uniform in [b_min, b_max - 1] per
+      the range. "graded": a floor uniform in [b_min, b_max] per
       configuration, then each layer uniform in [floor, b_max], which covers the
       low-KL end (most layers near b_max) that independent draws almost
       never reach.
