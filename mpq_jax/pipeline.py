@@ -272,9 +272,14 @@ class Run:
     return record
 
   def stage_bit_range(self) -> dict:
+    # Everything the uniform sweep and the rule depend on.
+    settings = {"requested": _listed(self.config.bit_range),
+                "tolerance_pp": self.config.tolerance_pp,
+                "calib_size": self.config.calib_size, "seed": self.config.seed,
+                "per_channel": self.config.per_channel,
+                "activation_bits": self.config.activation_bits}
     record = store.read_json(self.path("bit_range.json"))
-    if record is not None and record.get("requested") == _listed(
-        self.config.bit_range):
+    if record is not None and record.get("settings") == settings:
       return self._reuse(record)
     fp_top1 = self._require("model.json", "model")["fp_top1"]
     rows = [np.full(self.spec.num_layers, bits)
@@ -288,8 +293,8 @@ class Run:
           {u["bits"]: u["top1"] for u in uniform}, fp_top1,
           self.config.tolerance_pp)
       rule = "paper: uniform sweep"
-    record = {"bit_range": list(chosen), "rule": rule,
-              "requested": _listed(self.config.bit_range), "uniform": uniform}
+    record = {"bit_range": list(chosen), "rule": rule, "settings": settings,
+              "uniform": uniform}
     store.write_json(self.path("bit_range.json"), record)
     return record
 

@@ -174,3 +174,18 @@ def test_main_flags_build_the_config():
   assert config.bit_range == (2, 6) and config.num_samples == 100
   assert config.sampler == "uniform" and config.query_kl == (0.1, 1.5)
   assert config.calib_size == 50 and config.beta == 1.0
+
+
+def test_a_changed_tolerance_reruns_the_bit_range_rule(finished_run, tmp_path):
+  import shutil  # pylint: disable=g-import-not-at-top
+  config, report = finished_run
+  copy = tmp_path / "copy"
+  shutil.copytree(config.workdir, copy)
+  looser = dataclasses.replace(config, workdir=str(copy), tolerance_pp=100.0)
+  record = pipeline.Run(looser).run(["bit_range"])
+  # Any width is "within 100 pp", so b_max drops to the smallest candidate's
+  # neighbour; the uniform sweep itself is measured again, identically.
+  assert record["settings"]["tolerance_pp"] == 100.0
+  assert record["bit_range"] == [2, 3]
+  assert [u["top1"] for u in record["uniform"]] == [
+      u["top1"] for u in report["uniform"]]
