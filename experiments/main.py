@@ -6,6 +6,7 @@ Kept short on purpose: flags in, one call to mpq_jax.pipeline.run.
 from __future__ import annotations
 
 import importlib
+import sys
 
 from absl import app
 from absl import flags
@@ -81,8 +82,14 @@ def main(argv):
   if not FLAGS["verbosity"].present:
     # orbax and tfds log every file at INFO; progress bars say enough.
     logging.set_verbosity(logging.WARNING)
-  config = config_from_flags()
-  report = pipeline.run(config, FLAGS.stages)
+  try:
+    config = config_from_flags()
+    report = pipeline.run(config, FLAGS.stages)
+  except (ValueError, FileNotFoundError) as error:
+    # Bad input: the message names the problem and the fix; a traceback
+    # would only bury it.
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(1)
   if "report" in FLAGS.stages:
     best = report["best"]
     logging.info("report written to %s/report.md", config.workdir)

@@ -189,3 +189,34 @@ def test_a_changed_tolerance_reruns_the_bit_range_rule(finished_run, tmp_path):
   assert record["bit_range"] == [2, 3]
   assert [u["top1"] for u in record["uniform"]] == [
       u["top1"] for u in report["uniform"]]
+
+
+def test_the_absl_entry_point_reruns_a_stage(finished_run):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  config, report = finished_run
+  result = subprocess.run(
+      [sys.executable, "-m", "experiments.main", "--stages=report",
+       f"--workdir={config.workdir}", f"--data_dir={config.data_dir}",
+       "--num_samples=48", "--calib_size=16", "--chunk_size=16",
+       "--num_targets=6"],
+      capture_output=True, text=True, timeout=300, check=False,
+      cwd=__import__("pathlib").Path(__file__).parents[1])
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert f"wrote {config.workdir}/report.md" in result.stdout
+  again = json.loads((__import__("pathlib").Path(config.workdir)
+                      / "report.json").read_text())
+  assert again["best"] == report["best"]
+
+
+def test_the_entry_point_reports_bad_input_without_a_traceback(tmp_path):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  result = subprocess.run(
+      [sys.executable, "-m", "experiments.main", "--model=resnet51",
+       f"--workdir={tmp_path}"],
+      capture_output=True, text=True, timeout=300, check=False,
+      cwd=__import__("pathlib").Path(__file__).parents[1])
+  assert result.returncode == 1
+  assert "unknown model 'resnet51'" in result.stderr
+  assert "Traceback" not in result.stderr
