@@ -156,7 +156,7 @@ class Run:
     batches = tqdm.tqdm(batches, total=steps, desc="train " + self.entry.name,
                         leave=False)
     module.train()
-    training.train_classifier(module, batches)
+    training.train_classifier(module, batches, num_steps=steps)
     apply_fn, params = nnx_adapter.functional_model(module)
     store.save_checkpoint(checkpoint, params)
     return apply_fn, params

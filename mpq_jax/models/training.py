@@ -18,10 +18,17 @@ def cross_entropy(model: nnx.Module, images: jax.Array,
 
 def train_classifier(model: nnx.Module,
                      batches: Iterable[tuple[jax.Array, jax.Array]], *,
-                     learning_rate: float = 1e-3,
+                     num_steps: int,
+                     learning_rate: float = 2e-3,
                      weight_decay: float = 1e-4) -> list[float]:
-  """Trains `model` in place on `batches` with AdamW; returns the loss per step."""
-  optimizer = nnx.Optimizer(model, optax.adamw(learning_rate,
+  """Trains `model` in place on `batches` with AdamW; returns the loss per step.
+
+  The learning rate warms up over the first 5% of `num_steps`, then follows
+  a cosine decay to zero: a short schedule that ends at a settled minimum.
+  """
+  schedule = optax.warmup_cosine_decay_schedule(
+      0.0, learning_rate, max(1, num_steps // 20), max(2, num_steps))
+  optimizer = nnx.Optimizer(model, optax.adamw(schedule,
                                                weight_decay=weight_decay),
                             wrt=nnx.Param)
 
