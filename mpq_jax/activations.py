@@ -52,6 +52,32 @@ def calibrate_activation_ranges(
   return jax.jit(ranges)(params, images)
 
 
+def make_activation_quantized_apply(
+    apply_fn: ApplyFn,
+    spec: spec_lib.LayerSpec,
+    activation_ranges: jax.Array | None,
+    activation_bits: int = DEFAULT_ACTIVATION_BITS,
+) -> ApplyFn:
+  """`apply(params, x)` with each quantized layer's input fake-quantized.
+
+  The weights are used as given (already quantized, or reloaded from a
+  packed file); None ranges return `apply_fn` itself.
+  """
+  if activation_ranges is None:
+    return apply_fn
+
+  def quantize_input(layer: int, activation: jax.Array) -> jax.Array:
+    low, high = activation_ranges[layer, 0], activation_ranges[layer, 1]
+    return quant.quantize_asymmetric(activation, activation_bits, low, high)
+
+  def apply(params, inputs):
+    return intercept.run_with_layer_hook(apply_fn, params, inputs,
+                                         spec.leaf_indices,
+                                         hook=quantize_input)
+
+  return apply
+
+
 def make_quantized_apply(
     apply_fn: ApplyFn,
     spec: spec_lib.LayerSpec,
@@ -66,19 +92,12 @@ def make_quantized_apply(
   `activation_ranges` is given, each quantized layer's input is fake-quantized
   to `activation_bits` with its static range (None switches that off).
   """
+  activation_quantized = make_activation_quantized_apply(
+      apply_fn, spec, activation_ranges, activation_bits)
 
   def quantized_apply(params, bits, inputs):
     quantized = spec_lib.quantize_params(params, bits, spec,
                                          per_channel=per_channel)
-    if activation_ranges is None:
-      return apply_fn(quantized, inputs)
-
-    def quantize_input(layer: int, activation: jax.Array) -> jax.Array:
-      low, high = activation_ranges[layer, 0], activation_ranges[layer, 1]
-      return quant.quantize_asymmetric(activation, activation_bits, low, high)
-
-    return intercept.run_with_layer_hook(apply_fn, quantized, inputs,
-                                         spec.leaf_indices,
-                                         hook=quantize_input)
+    return activation_quantized(quantized, inputs)
 
   return quantized_apply

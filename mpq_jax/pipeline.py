@@ -24,6 +24,7 @@ import tqdm
 from mpq_jax import activations
 from mpq_jax import allocator as allocator_lib
 from mpq_jax import evaluation
+from mpq_jax import export as export_lib
 from mpq_jax import metrics
 from mpq_jax import models
 from mpq_jax import nnx_adapter
@@ -35,7 +36,8 @@ from mpq_jax import store
 from mpq_jax.data import pipeline as data_pipeline
 from mpq_jax.models import training
 
-STAGES = ("model", "bit_range", "sampling", "allocator", "sweep", "report")
+STAGES = ("model", "bit_range", "sampling", "allocator", "sweep", "export",
+          "report")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -432,6 +434,48 @@ class Run:
     store.write_json(self.path("sweep.json"), record)
     return record
 
+  def stage_export(self) -> dict:
+    """Writes the chosen allocation packed, reloads it, and checks it."""
+    sweep_record = self._require("sweep.json", "sweep")
+    best = sweep_record["best"]
+    if best is None:
+      record = {"skipped": "no MLP allocation is within the tolerance; nothing"
+                           " to export (raise --tolerance_pp or --beta)."}
+      store.write_json(self.path("export.json"), record)
+      return record
+    path = self.path(f"{self.config.model}_packed.safetensors")
+    file_bytes = export_lib.export_allocation(
+        path, self.params, self.spec, best["bits"],
+        model_name=self.config.model, per_channel=self.config.per_channel,
+        activation_ranges=self.activation_ranges,
+        activation_bits=max(self.config.activation_bits, 0))
+    loaded = export_lib.ExportedModel(path)
+    params = loaded.dequantized_params(self.params, self.spec)
+    # The reloaded weights are used as they are; only the activations are
+    # quantized, with the ranges the file carries.
+    reloaded_apply = activations.make_activation_quantized_apply(
+        self.apply_fn, self.spec, loaded.activation_ranges,
+        loaded.activation_bits)
+    reloaded_top1 = evaluation.make_top1_evaluator(
+        lambda p, _, x: reloaded_apply(p, x), params, *self.eval_arrays,
+        self.spec.num_layers, batch_size=self.config.eval_batch_size)
+    calibration = jnp.asarray(self.calibration_images)
+    reloaded_kl = jax.jit(lambda p: metrics.kl_divergence(
+        self.apply_fn(self.params, calibration), reloaded_apply(p, calibration)))
+    record = {
+        "path": path.name,
+        "bits": best["bits"],
+        "file_bytes": file_bytes,
+        "predicted_bytes": best["bytes"],
+        "size_ratio": file_bytes / best["bytes"],
+        "reloaded_top1": reloaded_top1(loaded.bits),
+        "report_top1": best["top1"],
+        "reloaded_kl": float(reloaded_kl(params)),
+        "report_kl": best["kl"],
+    }
+    store.write_json(self.path("export.json"), record)
+    return record
+
   def stage_report(self) -> dict:
     model_record = self._require("model.json", "model")
     bit_range_record = self._require("bit_range.json", "bit_range")
@@ -476,6 +520,9 @@ class Run:
             a["dominated_fraction"] for a in sweep_record["allocations"]),
         "timings": dict(self.timings),
     }
+    exported = store.read_json(self.path("export.json"))
+    if exported is not None:
+      report["export"] = exported
     bits, kl = self._samples()
     sample_sizes = np.asarray([self.size_record(b)["bytes"] for b in bits])
     report["figures"] = report_lib.write_figures(self.workdir, report,

@@ -124,6 +124,19 @@ def render_markdown(report: dict) -> str:
       _allocation_row("MLP", report["best"]),
       _allocation_row("uniform", report["best_uniform"]),
       "",
+  ]
+  exported = report.get("export")
+  if exported and "file_bytes" in exported:
+    lines += [
+        f"Exported: `{exported['path']}`, {exported['file_bytes']:,} bytes"
+        f" ({exported['size_ratio']:.3f} x the predicted"
+        f" {exported['predicted_bytes']:,}); reloaded top-1"
+        f" {exported['reloaded_top1']:.2f}%, KL {exported['reloaded_kl']:.4g}.",
+        "",
+    ]
+  elif exported:
+    lines += [f"Export skipped: {exported['skipped']}", ""]
+  lines += [
       "## Uniform bit-widths",
       "",
       "| bits | top-1 % | KL | compression | bytes |",

@@ -220,3 +220,22 @@ def test_the_entry_point_reports_bad_input_without_a_traceback(tmp_path):
   assert result.returncode == 1
   assert "unknown model 'resnet51'" in result.stderr
   assert "Traceback" not in result.stderr
+
+
+def test_export_stage_writes_a_file_that_reproduces_the_report(finished_run,
+                                                               tmp_path):
+  import shutil  # pylint: disable=g-import-not-at-top
+  config, _ = finished_run
+  copy = tmp_path / "copy"
+  shutil.copytree(config.workdir, copy)
+  # A tolerance every allocation meets, so that there is a best to export.
+  looser = dataclasses.replace(config, workdir=str(copy), tolerance_pp=100.0)
+  report = pipeline.run(looser, ["sweep", "export", "report"])
+  exported = report["export"]
+  best = report["best"]
+  assert exported["bits"] == best["bits"]
+  assert (copy / exported["path"]).exists()
+  assert exported["reloaded_top1"] == best["top1"]
+  np.testing.assert_allclose(exported["reloaded_kl"], best["kl"], rtol=1e-4)
+  assert 1.0 <= exported["size_ratio"] <= 1.02
+  assert "Exported:" in (copy / "report.md").read_text()
