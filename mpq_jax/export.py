@@ -48,7 +48,7 @@ def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
   position i*b + k of the stream (little-endian bit order).
 
   >>> pack_codes(np.array([-1, 0, 1, 1]), 2).tolist()
-  [168]
+  [164]
   """
   offset = (1 << (bits - 1)) - 1
   unsigned = np.asarray(codes, np.int64).ravel() + offset
