@@ -36,6 +36,14 @@ flags.DEFINE_integer("num_targets", 40, "KL targets in the allocation sweep.")
 flags.DEFINE_integer("chunk_size", None, "Configurations per compiled call.")
 flags.DEFINE_integer("vmap_width", None, "Configurations vmapped together.")
 flags.DEFINE_integer("train_epochs", None, "Epochs for a model trained here.")
+flags.DEFINE_list("budget_mb", None,
+                  "Size budgets in MB for the method comparison.")
+flags.DEFINE_list("compression", None,
+                  "Compression ratios (vs float32) for the method comparison.")
+flags.DEFINE_list("methods", list(pipeline.METHODS),
+                  "Allocators to compare under each budget.")
+flags.DEFINE_integer("hutchinson_samples", None,
+                     "Hutchinson probes per layer for the HAWQ baseline.")
 
 
 def config_from_flags() -> pipeline.RunConfig:
@@ -53,8 +61,7 @@ def config_from_flags() -> pipeline.RunConfig:
   bit_range = pick("bit_range")
   bit_range = (tuple(int(b) for b in bit_range)
                if bit_range not in (None, "", []) else None)
-  query_kl = (tuple(float(k) for k in FLAGS.query_kl)
-              if FLAGS.query_kl else None)
+  query_kl = _floats(FLAGS.query_kl, "--query_kl")
   base = pipeline.RunConfig()
   return pipeline.RunConfig(
       model=FLAGS.model,
@@ -74,7 +81,22 @@ def config_from_flags() -> pipeline.RunConfig:
       chunk_size=pick("chunk_size", base.chunk_size),
       vmap_width=pick("vmap_width", base.vmap_width),
       train_epochs=FLAGS.train_epochs,
+      budget_mb=_floats(FLAGS.budget_mb, "--budget_mb"),
+      compression=_floats(FLAGS.compression, "--compression"),
+      methods=tuple(FLAGS.methods),
+      hutchinson_samples=pick("hutchinson_samples",
+                              base.hutchinson_samples),
   )
+
+
+def _floats(values, flag: str) -> tuple[float, ...] | None:
+  if not values:
+    return None
+  try:
+    return tuple(float(v) for v in values)
+  except ValueError:
+    raise ValueError(f"{flag} takes numbers, got {','.join(values)}"
+                     f" (e.g. {flag}=0.08,0.1).") from None
 
 
 def main(argv):

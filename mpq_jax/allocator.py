@@ -186,3 +186,27 @@ def train_allocator(
                         log_kl_mean=mean, log_kl_std=std,
                         bit_range=(int(bit_range[0]), b_max), beta=float(beta))
   return allocator, TrainingHistory(train_losses, holdout_losses, best_epoch)
+
+
+def allocate_for_budget(allocator: Allocator, table, budget: int,
+                        layer_cost: np.ndarray,
+                        num_queries: int = 401) -> np.ndarray:
+  """The MLP's answer to a size budget in bytes, repaired onto the budget.
+
+  The MLP is queried over a dense range of KL targets (4 standard deviations
+  either side of the training samples' mean log-KL). Each distinct answer is
+  moved onto the budget by `budget.repair_to_budget` (bits dropped where
+  `layer_cost` says they cost least, then raised where they buy most while
+  room is left); the repaired answer with the lowest summed `layer_cost` wins.
+  """
+  from mpq_jax import budget as budget_lib  # pylint: disable=g-import-not-at-top
+  budget_lib.check_budget(table, budget)
+  log_kl = allocator.log_kl_mean + allocator.log_kl_std * np.linspace(
+      -4.0, 4.0, num_queries)
+  answers = np.unique(allocate_bits(allocator, np.exp(log_kl)), axis=0)
+  rows = np.arange(answers.shape[1])
+  repaired = [budget_lib.repair_to_budget(bits, table, budget, layer_cost)
+              for bits in answers]
+  estimated = [layer_cost[rows, bits - table.choices[0]].sum()
+               for bits in repaired]
+  return repaired[int(np.argmin(estimated))]

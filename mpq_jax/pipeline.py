@@ -22,6 +22,8 @@ from flax import nnx
 import tqdm
 
 from mpq_jax import activations
+from mpq_jax import baselines
+from mpq_jax import budget as budget_lib
 from mpq_jax import allocator as allocator_lib
 from mpq_jax import evaluation
 from mpq_jax import export as export_lib
@@ -36,8 +38,9 @@ from mpq_jax import store
 from mpq_jax.data import pipeline as data_pipeline
 from mpq_jax.models import training
 
-STAGES = ("model", "bit_range", "sampling", "allocator", "sweep", "export",
-          "report")
+STAGES = ("model", "bit_range", "sampling", "allocator", "sweep", "compare",
+          "export", "report")
+METHODS = ("mlp", "uniform", "best_sampled", "greedy", "zeroq", "hawq")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -64,6 +67,12 @@ class RunConfig:
   vmap_width: int = 1
   eval_batch_size: int = 500
   train_epochs: int | None = None  # None: the model's own default
+  # Budgets for the side-by-side comparison; both None: the chosen MLP
+  # allocation's size and the uniform sizes inside the bit range.
+  budget_mb: tuple[float, ...] | None = None
+  compression: tuple[float, ...] | None = None
+  methods: tuple[str, ...] = METHODS
+  hutchinson_samples: int = baselines.hawq.DEFAULT_HUTCHINSON_SAMPLES
 
   def sampling_settings(self, spec: spec_lib.LayerSpec, bit_range,
                         params_digest: str) -> dict:
@@ -434,6 +443,115 @@ class Run:
     store.write_json(self.path("sweep.json"), record)
     return record
 
+  def size_table(self, bit_range) -> budget_lib.SizeTable:
+    return budget_lib.size_table(
+        self.spec, tuple(bit_range), per_channel=self.config.per_channel,
+        quantize_activations=self.config.activation_bits > 0)
+
+  def budgets(self, table: budget_lib.SizeTable,
+              best: dict | None) -> list[tuple[str, int]]:
+    """(label, bytes) of every budget the methods are compared at."""
+    full = metrics.full_precision_bytes(self.spec)
+    given = [(f"{mb:g} MB", budget_lib.budget_bytes(
+        table, full_precision_bytes=full, budget_mb=mb))
+             for mb in self.config.budget_mb or ()]
+    given += [(f"{ratio:g}x", budget_lib.budget_bytes(
+        table, full_precision_bytes=full, compression=ratio))
+              for ratio in self.config.compression or ()]
+    if given:
+      return given
+    budgets = [("size of the chosen MLP allocation", best["bytes"])] if best else []
+    budgets += [(f"size of uniform {b} bits",
+                 table.bytes_of(np.full(self.spec.num_layers, b)))
+                for b in table.choices[1:-1]]
+    return budgets or [("midpoint", (table.smallest + table.largest) // 2)]
+
+  def stage_compare(self) -> dict:
+    """Every method under the same quantizer, layers and budgets."""
+    unknown = [m for m in self.config.methods if m not in METHODS]
+    if unknown:
+      raise ValueError(f"unknown method(s) {unknown}: choose from"
+                       f" {', '.join(METHODS)} (--methods).")
+    sweep_record = self._require("sweep.json", "sweep")
+    allocator_record = self._require("allocator.json", "allocator")
+    bit_range = self._require("bit_range.json", "bit_range")["bit_range"]
+    table = self.size_table(bit_range)
+    budgets = self.budgets(table, sweep_record["best"])
+    settings = {"sweep": sweep_record["settings"],
+                "methods": list(self.config.methods),
+                "budgets": [b for _, b in budgets],
+                "hutchinson_samples": self.config.hutchinson_samples}
+    record = store.read_json(self.path("compare.json"))
+    if record is not None and record.get("settings") == settings:
+      return self._reuse(record)
+    space = baselines.SearchSpace(table, self.kl_of, self.config.calib_size)
+    sample_bits, sample_kl = self._samples()
+    methods = self.config.methods
+    sensitivity = sensitivity_cost = objective = traces_cost = None
+    if "zeroq" in methods or "mlp" in methods:
+      sensitivity, sensitivity_cost = baselines.sensitivity_table(space)
+    if "hawq" in methods:
+      traces, traces_cost = baselines.hessian_traces(
+          self.apply_fn, self.params, self.spec,
+          jnp.asarray(self.calibration_images),
+          num_samples=self.config.hutchinson_samples, seed=self.config.seed)
+      objective = baselines.perturbation_objective(
+          self.params, self.spec, traces, table.choices,
+          per_channel=self.config.per_channel)
+    # The samples (and, for the MLP, its training) are part of what these
+    # searches cost, even though they were paid for once, earlier.
+    sampling_cost = dict(
+        configurations=len(sample_kl),
+        forward_passes=len(sample_kl) * self.config.calib_size,
+        seconds=self.timings.get("sampling", 0.0))
+    trained = self._load_allocator(allocator_record)
+
+    def run_method(method: str, budget: int) -> baselines.MethodResult:
+      if method == "mlp":
+        cost = baselines.SearchCost(**sensitivity_cost.as_dict())
+        with baselines.common.Stopwatch(cost):
+          bits = allocator_lib.allocate_for_budget(trained, table, budget,
+                                                   sensitivity)
+        cost.configurations += sampling_cost["configurations"]
+        cost.forward_passes += sampling_cost["forward_passes"]
+        cost.seconds += sampling_cost["seconds"] + self.timings.get(
+            "allocator", 0.0)
+        return baselines.MethodResult("mlp", bits, cost)
+      if method == "uniform":
+        return baselines.allocate_uniform(space, budget)
+      if method == "best_sampled":
+        result = baselines.allocate_best_sampled(space, budget, sample_bits,
+                                                 sample_kl)
+        result.cost.configurations = sampling_cost["configurations"]
+        result.cost.forward_passes = sampling_cost["forward_passes"]
+        result.cost.seconds = sampling_cost["seconds"]
+        return result
+      if method == "greedy":
+        return baselines.allocate_greedy(space, budget)
+      if method == "zeroq":
+        return baselines.allocate_zeroq(space, budget, sensitivity,
+                                        sensitivity_cost)
+      return baselines.allocate_hawq(space, budget, objective, traces_cost)
+
+    comparisons = []
+    for label, budget in tqdm.tqdm(budgets, desc="compare", leave=False):
+      results, failures = [], []
+      for method in methods:
+        try:
+          results.append(run_method(method, budget))
+        except ValueError as error:  # e.g. no sample fits a small budget
+          failures.append({"method": method, "error": str(error)})
+      measured = self.measure([r.bits for r in results]) if results else []
+      rows = [{"method": r.method, **m, "within_budget": m["bytes"] <= budget,
+               "search_cost": r.cost.as_dict()}
+              for r, m in zip(results, measured)]
+      comparisons.append({"budget": label, "budget_bytes": budget,
+                          "methods": rows, "failures": failures})
+    record = {"settings": settings, "comparisons": comparisons,
+              "mlp_gap_pp": _mlp_gap(comparisons)}
+    store.write_json(self.path("compare.json"), record)
+    return record
+
   def stage_export(self) -> dict:
     """Writes the chosen allocation packed, reloads it, and checks it."""
     sweep_record = self._require("sweep.json", "sweep")
@@ -523,10 +641,18 @@ class Run:
     exported = store.read_json(self.path("export.json"))
     if exported is not None:
       report["export"] = exported
+    compared = store.read_json(self.path("compare.json"))
+    if compared is not None:
+      report["comparisons"] = compared["comparisons"]
+      report["mlp_gap_pp"] = compared["mlp_gap_pp"]
     bits, kl = self._samples()
     sample_sizes = np.asarray([self.size_record(b)["bytes"] for b in bits])
     report["figures"] = report_lib.write_figures(self.workdir, report,
                                                  sample_sizes, kl)
+    comparison_figure = report_lib.write_comparison_figure(self.workdir,
+                                                           report)
+    if comparison_figure:
+      report["figures"].append(comparison_figure)
     return report
 
   # --- running -------------------------------------------------------------
@@ -558,6 +684,16 @@ class Run:
 
 def _listed(bit_range) -> list[int] | None:
   return None if bit_range is None else [int(b) for b in bit_range]
+
+
+def _mlp_gap(comparisons: Sequence[dict]) -> float | None:
+  """Best top-1 of any method minus the MLP's, at the chosen MLP's size."""
+  for comparison in comparisons:
+    if comparison["budget"] == "size of the chosen MLP allocation":
+      top1 = {row["method"]: row["top1"] for row in comparison["methods"]}
+      if "mlp" in top1:
+        return max(top1.values()) - top1["mlp"]
+  return None
 
 
 def _listed_floats(values) -> list[float] | None:

@@ -86,6 +86,41 @@ def write_figures(workdir, report: dict, sample_sizes: np.ndarray,
   return names
 
 
+METHOD_MARKERS = {"mlp": ("D", "tab:red"), "uniform": ("s", "tab:blue"),
+                  "best_sampled": ("o", "tab:gray"), "greedy": ("^", "tab:green"),
+                  "zeroq": ("v", "tab:purple"), "hawq": ("P", "tab:orange")}
+
+
+def write_comparison_figure(workdir, report: dict) -> str | None:
+  """Top-1 against size for every method at every budget."""
+  comparisons = report.get("comparisons")
+  if not comparisons:
+    return None
+  figure, axis = plt.subplots(figsize=(6.4, 4.4))
+  methods = {}
+  for comparison in comparisons:
+    axis.axvline(comparison["budget_bytes"] / MEGABYTE, color="lightgray",
+                 linewidth=0.8)
+    for row in comparison["methods"]:
+      methods.setdefault(row["method"], []).append(row)
+  for method, rows in methods.items():
+    marker, color = METHOD_MARKERS.get(method, ("x", "black"))
+    axis.scatter([r["bytes"] / MEGABYTE for r in rows],
+                 [r["top1"] for r in rows], marker=marker, color=color,
+                 label=method, s=30, alpha=0.85)
+  axis.axhline(report["fp_top1"], color="black", linewidth=0.8,
+               label="full precision")
+  values = [r["top1"] for rows in methods.values() for r in rows]
+  # Show every point unless one collapsed far below the rest.
+  axis.set_ylim(max(0.0, min(values) - 1.0, max(values) - 25.0),
+                report["fp_top1"] + 1.0)
+  axis.set_xlabel("model size (MB); gray lines: budgets")
+  axis.set_ylabel("top-1 (%)")
+  axis.set_title(f"{report['model']}: allocators under the same budgets")
+  axis.legend(fontsize=8)
+  return _save(figure, pathlib.Path(workdir) / "methods_top1_vs_size.png")
+
+
 def _allocation_row(label: str, allocation: dict | None) -> str:
   if allocation is None:
     return f"| {label} | none within tolerance | | | | |"
@@ -145,6 +180,31 @@ def render_markdown(report: dict) -> str:
   lines += [f"| {u['bits']} | {u['top1']:.2f} | {u['kl']:.4g} |"
             f" {u['compression']:.2f}x | {u['bytes']:,} |"
             for u in report["uniform"]]
+  if report.get("comparisons"):
+    lines += ["", "## Allocators under the same budgets", "",
+              "Search cost counts configurations measured and forward /"
+              " backward passes per image, including the sampling the MLP and"
+              " best_sampled reuse.",
+              "",
+              "| budget | method | bits | top-1 % | KL | bytes |"
+              " configurations | fwd / bwd passes | seconds |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for comparison in report["comparisons"]:
+      for row in comparison["methods"]:
+        cost = row["search_cost"]
+        lines.append(
+            f"| {comparison['budget']} ({comparison['budget_bytes']:,} B) |"
+            f" {row['method']} | {','.join(map(str, row['bits']))} |"
+            f" {row['top1']:.2f} | {row['kl']:.4g} | {row['bytes']:,} |"
+            f" {cost['configurations']:,} | {cost['forward_passes']:,} /"
+            f" {cost['backward_passes']:,} | {cost['seconds']:.1f} |")
+      for failure in comparison.get("failures", []):
+        lines.append(f"| {comparison['budget']} | {failure['method']} |"
+                     f" no answer: {failure['error']} | | | | | | |")
+    if report.get("mlp_gap_pp") is not None:
+      lines += ["", f"At the chosen MLP allocation's size, the best method's"
+                    f" top-1 exceeds the MLP's by {report['mlp_gap_pp']:.2f}"
+                    " pp (0 or less: the MLP is best)."]
   lines += ["", "## MLP allocations (KL sweep)", "",
             "| target KL | bits | top-1 % | KL | compression | dominated |",
             "| --- | --- | --- | --- | --- | --- |"]

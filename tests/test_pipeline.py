@@ -239,3 +239,55 @@ def test_export_stage_writes_a_file_that_reproduces_the_report(finished_run,
   np.testing.assert_allclose(exported["reloaded_kl"], best["kl"], rtol=1e-4)
   assert 1.0 <= exported["size_ratio"] <= 1.02
   assert "Exported:" in (copy / "report.md").read_text()
+
+
+def test_compare_stage_puts_every_method_under_every_budget(finished_run):
+  config, report = finished_run
+  comparisons = report["comparisons"]
+  assert comparisons, "the default run compares at least one budget"
+  for comparison in comparisons:
+    answered = {row["method"] for row in comparison["methods"]}
+    failed = {row["method"] for row in comparison["failures"]}
+    assert answered | failed == set(pipeline.METHODS)
+    for row in comparison["methods"]:
+      assert row["bytes"] <= comparison["budget_bytes"]
+      assert row["within_budget"]
+      low, high = report["bit_range"]
+      assert all(low <= b <= high for b in row["bits"])
+    for row in comparison["failures"]:
+      assert row["method"] == "best_sampled" and "none of the" in row["error"]
+  costs = {row["method"]: row["search_cost"]
+           for row in comparisons[0]["methods"]}
+  assert costs["uniform"]["configurations"] == 0
+  assert costs["zeroq"]["configurations"] == 9 * (report["bit_range"][1]
+                                                 - report["bit_range"][0] + 1)
+  assert costs["hawq"]["backward_passes"] > 0
+  assert costs["mlp"]["configurations"] >= config.num_samples
+  assert "methods_top1_vs_size.png" in report["figures"]
+
+
+def test_budget_flags_and_unknown_methods(finished_run, tmp_path):
+  import shutil  # pylint: disable=g-import-not-at-top
+  config, report = finished_run
+  copy = tmp_path / "copy"
+  shutil.copytree(config.workdir, copy)
+  smallest = min(u["bytes"] for u in report["uniform"]
+                 if u["bits"] == report["bit_range"][0])
+  budgeted = dataclasses.replace(
+      config, workdir=str(copy), budget_mb=(smallest * 1.5 / 1e6,),
+      compression=(report["fp_bytes"] / (smallest * 1.2),),
+      methods=("mlp", "uniform", "zeroq"))
+  record = pipeline.Run(budgeted).run(["compare"])
+  assert [c["budget_bytes"] for c in record["comparisons"]] == [
+      int(smallest * 1.5), int(report["fp_bytes"] / (report["fp_bytes"]
+                                                      / (smallest * 1.2)))]
+  for comparison in record["comparisons"]:
+    assert [r["method"] for r in comparison["methods"]] == [
+        "mlp", "uniform", "zeroq"]
+  impossible = dataclasses.replace(config, workdir=str(copy),
+                                   budget_mb=(smallest / 2e6,))
+  with pytest.raises(ValueError, match=f"smallest model .* is {smallest:,}"):
+    pipeline.Run(impossible).run(["compare"])
+  with pytest.raises(ValueError, match="unknown method"):
+    pipeline.Run(dataclasses.replace(config, workdir=str(copy),
+                                     methods=("haq",))).run(["compare"])
