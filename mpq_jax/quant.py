@@ -91,7 +91,13 @@ def quantize_asymmetric(
   has_range = high > low
   scale = jnp.where(has_range, (high - low) / max_code, 1.0)
   zero_point = jnp.round(-low / scale)
-  codes = jnp.clip(jnp.round(values / scale) + zero_point, 0.0, max_code)
+  # Multiplying by one reciprocal, not dividing: XLA may turn a division by a
+  # constant into that multiplication in one program and not in another, and
+  # a one-ulp difference flips codes that sit on a rounding boundary. Fixed
+  # this way, any chunking or device count gives the same bits.
+  inverse_scale = 1.0 / scale
+  codes = jnp.clip(jnp.round(values * inverse_scale) + zero_point, 0.0,
+                   max_code)
   dequantized = (codes - zero_point) * scale
   # A layer whose calibration inputs were all zero (a dead ReLU, say) has the
   # one-point range [0, 0]: every input maps to 0.

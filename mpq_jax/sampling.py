@@ -89,6 +89,23 @@ def sample_bit_configs(
   return np.asarray(jax.vmap(draw)(indices), np.int32)
 
 
+CONFIG_AXIS = "configs"
+
+
+def config_mesh(devices=None) -> jax.sharding.Mesh:
+  """A 1-D mesh over every device of every process (or `devices`)."""
+  devices = jax.devices() if devices is None else list(devices)
+  return jax.sharding.Mesh(np.array(devices), (CONFIG_AXIS,))
+
+
+def global_array(value, mesh: jax.sharding.Mesh, spec) -> jax.Array:
+  """A global jax.Array from a host value that every process holds whole."""
+  value = np.asarray(value)
+  sharding = jax.sharding.NamedSharding(mesh, spec)
+  return jax.make_array_from_callback(value.shape, sharding,
+                                      lambda index: value[index])
+
+
 def make_kl_evaluator(
     apply_fn: Callable[[Any, jax.Array], jax.Array],
     params: Any,
@@ -100,27 +117,51 @@ def make_kl_evaluator(
     per_channel: bool = False,
     chunk_size: int = 50,
     vmap_width: int = 1,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> Callable[[np.ndarray], np.ndarray]:
   """Returns `kl_of(bits [C, L]) -> Omega [C]` for any C, compiled once.
 
   Configurations go to one compiled program `chunk_size` at a time (the last
-  chunk padded); inside it `lax.map` walks them `vmap_width` at a time, so
-  memory stays that of `vmap_width` forward passes whatever C is.
-  On XLA CPU a width of 1 is fastest (vmapped weights become grouped
-  convolutions); accelerators may prefer more.
+  chunk padded), split evenly over the devices of `mesh` (default: every
+  device of every process) with shard_map; the parameters and calibration
+  images are replicated. On each device `lax.map` walks its share
+  `vmap_width` at a time, so memory stays that of `vmap_width` forward passes
+  whatever C is. On XLA CPU a width of 1 is fastest (vmapped weights become
+  grouped convolutions); accelerators may prefer more. Every process must
+  call `kl_of` with the same bits; each gets every KL back.
   """
   activations.check_calibration_images(calibration_images)
+  mesh = config_mesh() if mesh is None else mesh
+  num_devices = mesh.devices.size
+  # Each device takes an equal share of a chunk.
+  chunk_size = -(-chunk_size // num_devices) * num_devices
   quantized_apply = activations.make_quantized_apply(
       apply_fn, spec, activation_ranges=activation_ranges,
       activation_bits=activation_bits, per_channel=per_channel)
-  reference_logits = jax.jit(apply_fn)(params, calibration_images)
+  replicated = jax.sharding.PartitionSpec()
+  by_config = jax.sharding.PartitionSpec(CONFIG_AXIS)
+  to_global = lambda tree: jax.tree.map(
+      lambda leaf: global_array(leaf, mesh, replicated), tree)
+  params = to_global(params)
+  images = to_global(np.asarray(calibration_images))
+  reference_logits = to_global(np.asarray(
+      jax.jit(apply_fn)(jax.tree.map(np.asarray, params), np.asarray(images))))
 
-  @jax.jit
-  def kl_of_configs(params, bit_configs, images, reference):
+  def kl_of_local_configs(params, bit_configs, images, reference):
     def one(bits):
       return metrics.kl_divergence(reference,
                                    quantized_apply(params, bits, images))
     return jax.lax.map(one, bit_configs, batch_size=vmap_width)
+
+  kl_of_configs = jax.jit(
+      jax.shard_map(kl_of_local_configs, mesh=mesh,
+                    in_specs=(replicated, by_config, replicated, replicated),
+                    out_specs=by_config,
+                    # The activation hook rebinds primitives one by one,
+                    # which the varying-axes checker cannot follow.
+                    check_vma=False),
+      # Every process reads every KL back.
+      out_shardings=jax.sharding.NamedSharding(mesh, replicated))
 
   def kl_of(bit_configs) -> np.ndarray:
     bit_configs = quant.check_weight_bits(bit_configs, spec.num_layers)
@@ -131,8 +172,8 @@ def make_kl_evaluator(
     bit_configs = np.concatenate(
         [bit_configs, np.repeat(bit_configs[-1:], padded - count, axis=0)])
     results = [
-        np.asarray(kl_of_configs(params, jnp.asarray(chunk),
-                                 calibration_images, reference_logits))
+        np.asarray(kl_of_configs(params, global_array(chunk, mesh, by_config),
+                                 images, reference_logits))
         for chunk in np.split(bit_configs, padded // chunk_size)
     ]
     return np.concatenate(results)[:count]

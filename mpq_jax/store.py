@@ -105,6 +105,8 @@ class SampleStore:
 
   def save_chunk(self, start: int, bits: np.ndarray, kl: np.ndarray) -> None:
     path = self._chunk_path(start)
-    temporary = path.with_name(path.name + ".tmp.npz")
+    # A hidden temporary name: a run killed mid-write leaves nothing that
+    # looks like a chunk.
+    temporary = path.with_name("." + path.name + ".tmp.npz")
     np.savez(temporary, bits=bits, kl=kl)
     os.replace(temporary, path)

@@ -1,0 +1,105 @@
+"""Sampling scaled out: many devices, many processes, and a SIGKILL mid-run."""
+
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).parents[1]
+WORKER = ROOT / "tests" / "sampling_worker.py"
+
+
+def run_worker(*args, devices=1, timeout=300):
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  return subprocess.Popen([sys.executable, str(WORKER), *map(str, args)],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, env=env, cwd=ROOT)
+
+
+def result_of(process, timeout=300):
+  out, err = process.communicate(timeout=timeout)
+  assert process.returncode == 0, err[-3000:]
+  return json.loads(out.strip().splitlines()[-1])
+
+
+def free_port():
+  with socket.socket() as sock:
+    sock.bind(("127.0.0.1", 0))
+    return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def single_device():
+  return result_of(run_worker(5, devices=1))
+
+
+def test_eight_devices_give_the_same_samples_and_kl(single_device):
+  # Chunk 5 becomes 8 on 8 devices: other chunking, other padding, same answer.
+  eight = result_of(run_worker(5, devices=8))
+  assert single_device["devices"] == 1 and eight["devices"] == 8
+  assert eight["bits"] == single_device["bits"]
+  np.testing.assert_allclose(eight["kl"], single_device["kl"], rtol=1e-6)
+  other_chunk = result_of(run_worker(13, devices=8))
+  np.testing.assert_allclose(other_chunk["kl"], single_device["kl"],
+                             rtol=1e-6)
+
+
+def test_two_processes_give_the_same_samples_and_kl(single_device):
+  port = free_port()
+  workers = [run_worker(4, port, 2, index, devices=2) for index in range(2)]
+  results = [result_of(worker) for worker in workers]
+  for index, result in enumerate(results):
+    assert result["process"] == index and result["devices"] == 4
+    assert result["bits"] == single_device["bits"]
+    np.testing.assert_allclose(result["kl"], single_device["kl"], rtol=1e-6)
+
+
+def test_a_run_killed_mid_sampling_resumes_to_the_uninterrupted_result(
+    tmp_path, demo_data_dir):
+  import shutil  # pylint: disable=g-import-not-at-top
+  from mpq_jax import pipeline  # pylint: disable=g-import-not-at-top
+  settings = dict(model="demo_cnn", data_dir=demo_data_dir, num_samples=600,
+                  calib_size=8, chunk_size=6, train_epochs=1, seed=0)
+  straight = tmp_path / "straight"
+  pipeline.run(pipeline.RunConfig(workdir=str(straight), **settings),
+               ["model", "bit_range"])
+  killed = tmp_path / "killed"
+  shutil.copytree(straight, killed)
+  command = [sys.executable, "-m", "experiments.main", "--stages=sampling",
+             f"--workdir={killed}", f"--data_dir={demo_data_dir}",
+             "--num_samples=600", "--calib_size=8", "--chunk_size=6",
+             "--train_epochs=1"]
+  process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+  chunks = killed / "samples"
+  deadline = time.time() + 240
+  while len(list(chunks.glob("chunk_*.npz"))) < 5:
+    assert process.poll() is None, "the run ended before it could be killed"
+    assert time.time() < deadline, "no chunk was written in time"
+    time.sleep(0.05)
+  os.kill(process.pid, signal.SIGKILL)
+  process.wait()
+  kept = {path.name: path.stat().st_mtime_ns
+          for path in chunks.glob("chunk_*.npz")}
+  assert 5 <= len(kept) < 100, "the kill came after the last chunk"
+  resumed = pipeline.Run(pipeline.RunConfig(workdir=str(killed), **settings)
+                         ).run(["sampling"])
+  pipeline.Run(pipeline.RunConfig(workdir=str(straight), **settings)
+               ).run(["sampling"])
+  assert resumed["num_samples"] == 600
+  assert len(list(chunks.glob("chunk_*.npz"))) == 100
+  # Nothing finished before the kill was computed again.
+  assert all((chunks / name).stat().st_mtime_ns == mtime
+             for name, mtime in kept.items())
+  with np.load(killed / "samples.npz") as got, \
+      np.load(straight / "samples.npz") as want:
+    np.testing.assert_array_equal(got["bits"], want["bits"])
+    np.testing.assert_allclose(got["kl"], want["kl"], rtol=1e-6)
