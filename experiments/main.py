@@ -34,7 +34,13 @@ flags.DEFINE_bool("per_channel", False, "Per-channel weight scales.")
 flags.DEFINE_list("query_kl", None, "KL targets for the bits-per-layer figure.")
 flags.DEFINE_integer("num_targets", 40, "KL targets in the allocation sweep.")
 flags.DEFINE_integer("chunk_size", None, "Configurations per compiled call.")
-flags.DEFINE_integer("vmap_width", None, "Configurations vmapped together.")
+flags.DEFINE_integer("vmap_width", None,
+                     "Configurations vmapped together; 0 plans it from the"
+                     " compiled program's memory analysis.")
+flags.DEFINE_float("memory_budget_mb", None,
+                   "Scratch memory per device for the planned vmap width"
+                   " (default: half the device's memory).")
+flags.DEFINE_integer("max_vmap_width", 64, "Cap on the planned vmap width.")
 flags.DEFINE_integer("train_epochs", None, "Epochs for a model trained here.")
 flags.DEFINE_list("budget_mb", None,
                   "Size budgets in MB for the method comparison.")
@@ -80,6 +86,8 @@ def config_from_flags() -> pipeline.RunConfig:
       num_targets=FLAGS.num_targets,
       chunk_size=pick("chunk_size", base.chunk_size),
       vmap_width=pick("vmap_width", base.vmap_width),
+      memory_budget_mb=FLAGS.memory_budget_mb,
+      max_vmap_width=FLAGS.max_vmap_width,
       train_epochs=FLAGS.train_epochs,
       budget_mb=_floats(FLAGS.budget_mb, "--budget_mb"),
       compression=_floats(FLAGS.compression, "--compression"),

@@ -64,7 +64,9 @@ class RunConfig:
   num_targets: int = 40
   query_kl: tuple[float, ...] | None = None  # None: quartiles of the samples
   chunk_size: int = 50
-  vmap_width: int = 1
+  vmap_width: int = 1  # 0: planned from memory (sampling.plan_vmap_width)
+  memory_budget_mb: float | None = None  # None: half the device's memory
+  max_vmap_width: int = 64
   eval_batch_size: int = 500
   train_epochs: int | None = None  # None: the model's own default
   # Budgets for the side-by-side comparison; both None: the chosen MLP
@@ -224,7 +226,11 @@ class Run:
         activation_ranges=self.activation_ranges,
         activation_bits=max(self.config.activation_bits, 1),
         per_channel=self.config.per_channel,
-        chunk_size=self.config.chunk_size, vmap_width=self.config.vmap_width)
+        chunk_size=self.config.chunk_size,
+        vmap_width=self.config.vmap_width or None,
+        memory_budget_bytes=(None if self.config.memory_budget_mb is None
+                             else int(self.config.memory_budget_mb * 1e6)),
+        max_vmap_width=self.config.max_vmap_width)
 
   @functools.cached_property
   def top1_of(self):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Callable, Iterator
 
 import jax
+from absl import logging
 import jax.numpy as jnp
 import numpy as np
 
@@ -116,8 +117,10 @@ def make_kl_evaluator(
     activation_bits: int = activations.DEFAULT_ACTIVATION_BITS,
     per_channel: bool = False,
     chunk_size: int = 50,
-    vmap_width: int = 1,
+    vmap_width: int | None = 1,
     mesh: jax.sharding.Mesh | None = None,
+    memory_budget_bytes: int | None = None,
+    max_vmap_width: int = 64,
 ) -> Callable[[np.ndarray], np.ndarray]:
   """Returns `kl_of(bits [C, L]) -> Omega [C]` for any C, compiled once.
 
@@ -127,8 +130,12 @@ def make_kl_evaluator(
   images are replicated. On each device `lax.map` walks its share
   `vmap_width` at a time, so memory stays that of `vmap_width` forward passes
   whatever C is. On XLA CPU a width of 1 is fastest (vmapped weights become
-  grouped convolutions); accelerators may prefer more. Every process must
-  call `kl_of` with the same bits; each gets every KL back.
+  grouped convolutions); accelerators may prefer more. With
+  `vmap_width=None` the width is planned from the compiled program's memory
+  analysis (`plan_vmap_width`): 1 on CPU, on accelerators the widest that
+  fits `memory_budget_bytes` (default: half the device's memory), at most
+  `max_vmap_width`. Every process must call `kl_of` with the same bits; each
+  gets every KL back.
   """
   activations.check_calibration_images(calibration_images)
   mesh = config_mesh() if mesh is None else mesh
@@ -147,21 +154,34 @@ def make_kl_evaluator(
   reference_logits = to_global(np.asarray(
       jax.jit(apply_fn)(jax.tree.map(np.asarray, params), np.asarray(images))))
 
-  def kl_of_local_configs(params, bit_configs, images, reference):
-    def one(bits):
-      return metrics.kl_divergence(reference,
-                                   quantized_apply(params, bits, images))
-    return jax.lax.map(one, bit_configs, batch_size=vmap_width)
+  def compile_for(width: int):
+    def kl_of_local_configs(params, bit_configs, images, reference):
+      def one(bits):
+        return metrics.kl_divergence(reference,
+                                     quantized_apply(params, bits, images))
+      return jax.lax.map(one, bit_configs, batch_size=width)
 
-  kl_of_configs = jax.jit(
-      jax.shard_map(kl_of_local_configs, mesh=mesh,
-                    in_specs=(replicated, by_config, replicated, replicated),
-                    out_specs=by_config,
-                    # The activation hook rebinds primitives one by one,
-                    # which the varying-axes checker cannot follow.
-                    check_vma=False),
-      # Every process reads every KL back.
-      out_shardings=jax.sharding.NamedSharding(mesh, replicated))
+    return jax.jit(
+        jax.shard_map(kl_of_local_configs, mesh=mesh,
+                      in_specs=(replicated, by_config, replicated, replicated),
+                      out_specs=by_config,
+                      # The activation hook rebinds primitives one by one,
+                      # which the varying-axes checker cannot follow.
+                      check_vma=False),
+        # Every process reads every KL back.
+        out_shardings=jax.sharding.NamedSharding(mesh, replicated))
+
+  if vmap_width is None:
+    example = global_array(np.full((chunk_size, spec.num_layers), 8,
+                                   np.int32), mesh, by_config)
+    temp_bytes = lambda width: compile_for(width).lower(
+        params, example, images, reference_logits).compile(
+        ).memory_analysis().temp_size_in_bytes
+    vmap_width = plan_vmap_width(
+        temp_bytes, mesh.devices.flat[0], chunk_size // num_devices,
+        memory_budget_bytes=memory_budget_bytes, max_width=max_vmap_width)
+    logging.info("vmap width %d (planned from memory analysis)", vmap_width)
+  kl_of_configs = compile_for(vmap_width)
 
   def kl_of(bit_configs) -> np.ndarray:
     bit_configs = quant.check_weight_bits(bit_configs, spec.num_layers)
@@ -179,6 +199,36 @@ def make_kl_evaluator(
     return np.concatenate(results)[:count]
 
   return kl_of
+
+
+def plan_vmap_width(temp_bytes: Callable[[int], int], device,
+                    configs_per_device: int, *,
+                    memory_budget_bytes: int | None = None,
+                    max_width: int = 64) -> int:
+  """The widest vmap that keeps the program's scratch memory within budget.
+
+  Scratch memory grows about linearly with the width, so two compilations
+  (widths 1 and 2) give the slope; the answer is the largest power of two
+  under the budget, at most `max_width` and the configurations per device.
+  Without an explicit budget, a CPU gets width 1 (vmapped weights become
+  grouped convolutions there, which run slower than one at a time) and an
+  accelerator half of its memory.
+  """
+  if memory_budget_bytes is None:
+    if device.platform == "cpu":
+      return 1
+    stats = device.memory_stats() or {}
+    if "bytes_limit" not in stats:
+      return 1
+    memory_budget_bytes = stats["bytes_limit"] // 2
+  one, two = temp_bytes(1), temp_bytes(2)
+  per_config = max(two - one, 1)
+  fitting = max(1, (memory_budget_bytes - one) // per_config + 1)
+  limit = min(max_width, configs_per_device, fitting)
+  width = 1
+  while width * 2 <= limit:
+    width *= 2
+  return width
 
 
 def chunk_starts(num_samples: int, chunk_size: int) -> Iterator[tuple[int, int]]:

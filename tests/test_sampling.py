@@ -121,3 +121,29 @@ def test_evaluator_rejects_bad_bits_and_empty_calibration(demo_model):
     kl_of(np.full((1, 9), 1))
   with pytest.raises(ValueError, match="calibration set is empty"):
     sampling.make_kl_evaluator(apply_fn, params, spec, images[:0])
+
+
+def test_vmap_width_is_planned_from_the_memory_budget(demo_model):
+  apply_fn, params, spec, images, ranges = demo_model
+  cpu = jax.devices()[0]
+  linear = lambda width: 1000 + 500 * width  # scratch bytes at a width
+  assert sampling.plan_vmap_width(linear, cpu, 64) == 1  # CPU, no budget
+  assert sampling.plan_vmap_width(linear, cpu, 64,
+                                  memory_budget_bytes=1000 + 500 * 8) == 8
+  assert sampling.plan_vmap_width(linear, cpu, 64,
+                                  memory_budget_bytes=1000 + 500 * 11) == 8
+  assert sampling.plan_vmap_width(linear, cpu, 64,
+                                  memory_budget_bytes=10) == 1
+  assert sampling.plan_vmap_width(linear, cpu, 6,
+                                  memory_budget_bytes=10**9) == 4
+  assert sampling.plan_vmap_width(linear, cpu, 64, memory_budget_bytes=10**9,
+                                  max_width=16) == 16
+  # The evaluator plans with the compiled program's own memory analysis,
+  # and a planned width changes no number.
+  planned = sampling.make_kl_evaluator(
+      apply_fn, params, spec, images, activation_ranges=ranges, chunk_size=8,
+      vmap_width=None, memory_budget_bytes=10**9)
+  fixed = sampling.make_kl_evaluator(
+      apply_fn, params, spec, images, activation_ranges=ranges, chunk_size=8)
+  bits = sampling.sample_bit_configs(5, 0, 8, spec.num_layers, (2, 8))
+  np.testing.assert_allclose(planned(bits), fixed(bits), rtol=1e-5)
