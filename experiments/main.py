@@ -12,6 +12,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from mpq_jax import distributed
 from mpq_jax import pipeline
 
 FLAGS = flags.FLAGS
@@ -42,6 +43,11 @@ flags.DEFINE_float("memory_budget_mb", None,
                    " (default: half the device's memory).")
 flags.DEFINE_integer("max_vmap_width", 64, "Cap on the planned vmap width.")
 flags.DEFINE_integer("train_epochs", None, "Epochs for a model trained here.")
+flags.DEFINE_string("coordinator_address", None,
+                    "host:port of process 0, for several processes (not needed"
+                    " on TPU or SLURM, where it is detected).")
+flags.DEFINE_integer("num_processes", None, "Processes in the run.")
+flags.DEFINE_integer("process_id", None, "This process's index.")
 flags.DEFINE_list("budget_mb", None,
                   "Size budgets in MB for the method comparison.")
 flags.DEFINE_list("compression", None,
@@ -113,6 +119,8 @@ def main(argv):
     # orbax and tfds log every file at INFO; progress bars say enough.
     logging.set_verbosity(logging.WARNING)
   try:
+    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
+                           FLAGS.process_id)
     config = config_from_flags()
     report = pipeline.run(config, FLAGS.stages)
   except (ValueError, FileNotFoundError) as error:
@@ -120,7 +128,7 @@ def main(argv):
     # would only bury it.
     print(f"error: {error}", file=sys.stderr)
     sys.exit(1)
-  if "report" in FLAGS.stages:
+  if "report" in FLAGS.stages and distributed.is_primary():
     best = report["best"]
     logging.info("report written to %s/report.md", config.workdir)
     print(f"wrote {config.workdir}/report.md and report.json")

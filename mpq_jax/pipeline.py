@@ -24,6 +24,7 @@ import tqdm
 from mpq_jax import activations
 from mpq_jax import baselines
 from mpq_jax import budget as budget_lib
+from mpq_jax import distributed
 from mpq_jax import allocator as allocator_lib
 from mpq_jax import evaluation
 from mpq_jax import export as export_lib
@@ -330,17 +331,26 @@ class Run:
       bits = sampling.sample_bit_configs(self.config.seed, start, count,
                                          self.spec.num_layers, bit_range,
                                          self.config.sampler)
-      kl = sample_store.load_chunk(start, bits)
-      if kl is None:
+      # The primary's files decide, so that every process skips or computes
+      # the same chunks (computing is collective).
+      found = sample_store.load_chunk(start, bits)
+      have, kl = distributed.from_primary(
+          (np.asarray(found is not None),
+           np.zeros(count, np.float32) if found is None else found))
+      if not have:
         kl = self.kl_of(bits)
         sample_store.save_chunk(start, bits, kl)
         computed += count
+        logging.info("process %d: configurations %d-%d done",
+                     jax.process_index(), start, start + count - 1)
       all_bits.append(bits)
       all_kl.append(kl)
       progress.update(count)
     progress.close()
     bits, kl = np.concatenate(all_bits), np.concatenate(all_kl)
-    np.savez(self.path("samples.npz"), bits=bits, kl=kl)
+    if distributed.is_primary():
+      np.savez(self.path("samples.npz"), bits=bits, kl=kl)
+    distributed.barrier("samples written")
     sizes = [metrics.model_bytes(b, self.spec,
                                  per_channel=self.config.per_channel,
                                  quantize_activations=
@@ -568,11 +578,14 @@ class Run:
       store.write_json(self.path("export.json"), record)
       return record
     path = self.path(f"{self.config.model}_packed.safetensors")
-    file_bytes = export_lib.export_allocation(
-        path, self.params, self.spec, best["bits"],
-        model_name=self.config.model, per_channel=self.config.per_channel,
-        activation_ranges=self.activation_ranges,
-        activation_bits=max(self.config.activation_bits, 0))
+    if distributed.is_primary():
+      export_lib.export_allocation(
+          path, self.params, self.spec, best["bits"],
+          model_name=self.config.model, per_channel=self.config.per_channel,
+          activation_ranges=self.activation_ranges,
+          activation_bits=max(self.config.activation_bits, 0))
+    distributed.barrier("export written")
+    file_bytes = path.stat().st_size
     loaded = export_lib.ExportedModel(path)
     params = loaded.dequantized_params(self.params, self.spec)
     # The reloaded weights are used as they are; only the activations are
@@ -653,12 +666,14 @@ class Run:
       report["mlp_gap_pp"] = compared["mlp_gap_pp"]
     bits, kl = self._samples()
     sample_sizes = np.asarray([self.size_record(b)["bytes"] for b in bits])
-    report["figures"] = report_lib.write_figures(self.workdir, report,
-                                                 sample_sizes, kl)
-    comparison_figure = report_lib.write_comparison_figure(self.workdir,
-                                                           report)
-    if comparison_figure:
-      report["figures"].append(comparison_figure)
+    report["figures"] = []
+    if distributed.is_primary():
+      report["figures"] = report_lib.write_figures(self.workdir, report,
+                                                   sample_sizes, kl)
+      comparison_figure = report_lib.write_comparison_figure(self.workdir,
+                                                             report)
+      if comparison_figure:
+        report["figures"].append(comparison_figure)
     return report
 
   # --- running -------------------------------------------------------------
@@ -682,9 +697,11 @@ class Run:
       if not self._reused or stage not in self.timings:
         self.timings[stage] = round(elapsed, 2)
         store.write_json(self.path("timings.json"), self.timings)
-      if stage == "report":
+      if stage == "report" and distributed.is_primary():
         result["timings"] = dict(self.timings)
         report_lib.write_report_files(self.workdir, result)
+      # The other processes read what the primary just wrote.
+      distributed.barrier(f"stage {stage} done")
     return result
 
 

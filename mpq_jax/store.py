@@ -16,9 +16,13 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from mpq_jax import distributed
+
 
 def write_json(path, record: dict) -> None:
-  """Writes `record` as JSON atomically."""
+  """Writes `record` as JSON atomically (in the primary process only)."""
+  if not distributed.is_primary():
+    return
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   temporary = path.with_name(path.name + ".tmp")
@@ -35,10 +39,25 @@ def read_json(path) -> dict | None:
 
 
 def save_checkpoint(path, tree: Any) -> None:
-  """Saves a pytree of arrays as an orbax checkpoint (replacing any old one)."""
+  """Saves a pytree of arrays as an orbax checkpoint (replacing any old one).
+
+  Every process holds the whole tree; the primary alone writes it.
+  """
+  if not distributed.is_primary():
+    return
   path = pathlib.Path(path).absolute()
-  with ocp.StandardCheckpointer() as checkpointer:
-    checkpointer.save(path, tree, force=True)
+  with ocp.StandardCheckpointer(multiprocessing_options=_this_process_only()
+                                ) as checkpointer:
+    checkpointer.save(path, jax.tree.map(np.asarray, tree), force=True)
+
+
+def _this_process_only() -> ocp.options.MultiprocessingOptions:
+  # Checkpoints here hold host copies, not arrays spread over processes, so
+  # no process waits for another inside orbax.
+  index = jax.process_index()
+  return ocp.options.MultiprocessingOptions(
+      primary_host=index, active_processes={index},
+      barrier_sync_key_prefix=f"process{index}")
 
 
 def restore_checkpoint(path, like: Any) -> Any:
@@ -48,7 +67,8 @@ def restore_checkpoint(path, like: Any) -> Any:
     raise FileNotFoundError(f"no checkpoint at {path}: run the stage that"
                             " writes it first.")
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-  with ocp.StandardCheckpointer() as checkpointer:
+  with ocp.StandardCheckpointer(multiprocessing_options=_this_process_only()
+                                ) as checkpointer:
     return checkpointer.restore(path, abstract)
 
 
@@ -75,6 +95,7 @@ class SampleStore:
     recorded = read_json(settings_path)
     if recorded is None:
       write_json(settings_path, settings)
+      recorded = settings  # other processes: the primary's copy may lag
     elif recorded != settings:
       changed = sorted(k for k in set(recorded) | set(settings)
                        if recorded.get(k) != settings.get(k))
@@ -104,6 +125,8 @@ class SampleStore:
     return kl
 
   def save_chunk(self, start: int, bits: np.ndarray, kl: np.ndarray) -> None:
+    if not distributed.is_primary():
+      return
     path = self._chunk_path(start)
     # A hidden temporary name: a run killed mid-write leaves nothing that
     # looks like a chunk.

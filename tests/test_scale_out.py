@@ -103,3 +103,42 @@ def test_a_run_killed_mid_sampling_resumes_to_the_uninterrupted_result(
       np.load(straight / "samples.npz") as want:
     np.testing.assert_array_equal(got["bits"], want["bits"])
     np.testing.assert_allclose(got["kl"], want["kl"], rtol=1e-6)
+
+
+def test_two_processes_run_the_pipeline_like_one(tmp_path, demo_data_dir):
+  from mpq_jax import pipeline  # pylint: disable=g-import-not-at-top
+  flags = ["--stages=model,bit_range,sampling,allocator,sweep",
+           f"--data_dir={demo_data_dir}", "--num_samples=40",
+           "--calib_size=8", "--chunk_size=8", "--train_epochs=1",
+           "--num_targets=5"]
+  single = tmp_path / "single"
+  pipeline.run(pipeline.RunConfig(
+      workdir=str(single), data_dir=demo_data_dir, num_samples=40,
+      calib_size=8, chunk_size=8, train_epochs=1, num_targets=5),
+               ["model", "bit_range", "sampling", "allocator", "sweep"])
+  shared = tmp_path / "shared"
+  port = free_port()
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  processes = [subprocess.Popen(
+      [sys.executable, "-m", "experiments.main", f"--workdir={shared}",
+       f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+       f"--process_id={index}", *flags],
+      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True) for index in range(2)]
+  for process in processes:
+    _, err = process.communicate(timeout=600)
+    assert process.returncode == 0, err[-3000:]
+  with np.load(shared / "samples.npz") as got, \
+      np.load(single / "samples.npz") as want:
+    np.testing.assert_array_equal(got["bits"], want["bits"])
+    np.testing.assert_allclose(got["kl"], want["kl"], rtol=1e-6)
+  got = json.loads((shared / "sweep.json").read_text())
+  want = json.loads((single / "sweep.json").read_text())
+  assert [a["bits"] for a in got["allocations"]] == [
+      a["bits"] for a in want["allocations"]]
+  assert [a["top1"] for a in got["allocations"]] == [
+      a["top1"] for a in want["allocations"]]
+  # One writer: one set of chunk files, no temporaries left behind.
+  assert len(list((shared / "samples").glob("chunk_*.npz"))) == 5
+  assert not list((shared / "samples").glob(".*"))
