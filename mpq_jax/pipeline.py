@@ -167,8 +167,7 @@ class Run:
     batches = data_pipeline.batches(
         source, self.entry.train_batch_size, self.entry.preprocess,
         shuffle_seed=self.config.seed, num_epochs=epochs, drop_remainder=True)
-    batches = tqdm.tqdm(batches, total=steps, desc="train " + self.entry.name,
-                        leave=False)
+    batches = _progress(batches, total=steps, desc="train " + self.entry.name)
     module.train()
     training.train_classifier(module, batches, num_steps=steps)
     apply_fn, params = nnx_adapter.functional_model(module)
@@ -259,7 +258,7 @@ class Run:
     kls = self.kl_of(bit_rows)
     return [{"bits": row.tolist(), "kl": float(kl), "top1": self.top1_of(row),
              **self.size_record(row)}
-            for row, kl in zip(tqdm.tqdm(bit_rows, desc="top-1", leave=False),
+            for row, kl in zip(_progress(bit_rows, desc="top-1"),
                                kls)]
 
   # --- the stages ----------------------------------------------------------
@@ -324,8 +323,8 @@ class Run:
     all_bits, all_kl = [], []
     chunks = list(sampling.chunk_starts(self.config.num_samples,
                                         self.config.chunk_size))
-    progress = tqdm.tqdm(total=self.config.num_samples, desc="sampling",
-                         unit="config", leave=False)
+    progress = _progress(total=self.config.num_samples, desc="sampling",
+                         unit="config")
     computed = 0
     for start, count in chunks:
       bits = sampling.sample_bit_configs(self.config.seed, start, count,
@@ -550,7 +549,7 @@ class Run:
       return baselines.allocate_hawq(space, budget, objective, traces_cost)
 
     comparisons = []
-    for label, budget in tqdm.tqdm(budgets, desc="compare", leave=False):
+    for label, budget in _progress(budgets, desc="compare"):
       results, failures = [], []
       for method in methods:
         try:
@@ -707,6 +706,12 @@ class Run:
 
 def _listed(bit_range) -> list[int] | None:
   return None if bit_range is None else [int(b) for b in bit_range]
+
+
+def _progress(iterable=None, **options):
+  """A progress bar (rate and ETA) in the primary process only."""
+  return tqdm.tqdm(iterable, leave=False,
+                   disable=not distributed.is_primary(), **options)
 
 
 def _mlp_gap(comparisons: Sequence[dict]) -> float | None:
