@@ -67,3 +67,23 @@ class Stopwatch:
   def __exit__(self, *exc):
     self.cost.seconds += time.perf_counter() - self.started
     return False
+
+
+Solver = Callable[[np.ndarray, np.ndarray, int], np.ndarray]
+
+
+def minimize_under_budget(method: str, space: SearchSpace, budget: int,
+                          objective: np.ndarray, prior_cost: SearchCost,
+                          solver: Solver) -> MethodResult:
+  """One bit-width per layer minimizing sum objective[i, k] within the budget.
+
+  `solver(objective, layer_bytes, capacity)` returns choice indices; the
+  search cost is what building the objective cost plus the solver's time.
+  """
+  budget_lib.check_budget(space.table, budget)
+  cost = SearchCost(**prior_cost.as_dict())
+  with Stopwatch(cost):
+    picked = solver(objective, space.table.layer_bytes,
+                    budget - space.table.constant)
+  bits = (np.asarray(picked) + space.table.choices[0]).astype(np.int32)
+  return MethodResult(method, bits, cost)

@@ -8,7 +8,8 @@ from mpq_jax import budget as budget_lib
 from mpq_jax.baselines import common
 
 
-def allocate_greedy(space: common.SearchSpace, budget: int) -> common.MethodResult:
+def allocate_greedy(space: common.SearchSpace,
+                    budget: int) -> common.MethodResult:
   """Each step measures every one-bit drop and keeps the cheapest per byte saved."""
   table = space.table
   budget_lib.check_budget(table, budget)

@@ -16,7 +16,6 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.optimize
 
-from mpq_jax import budget as budget_lib
 from mpq_jax import metrics
 from mpq_jax import quant
 from mpq_jax import spec as spec_lib
@@ -104,13 +103,9 @@ def integer_program(objective: np.ndarray, layer_bytes: np.ndarray,
   return np.argmax(result.x.reshape(num_layers, num_choices), axis=1)
 
 
-def allocate_hawq(space: common.SearchSpace, budget: int, objective: np.ndarray,
-         traces_cost: common.SearchCost) -> common.MethodResult:
+def allocate_hawq(space: common.SearchSpace, budget: int,
+                  objective: np.ndarray,
+                  traces_cost: common.SearchCost) -> common.MethodResult:
   """Minimizes the Hessian-weighted perturbation under the budget."""
-  budget_lib.check_budget(space.table, budget)
-  cost = common.SearchCost(**traces_cost.as_dict())
-  with common.Stopwatch(cost):
-    picked = integer_program(objective, space.table.layer_bytes,
-                             budget - space.table.constant)
-  bits = (picked + space.table.choices[0]).astype(np.int32)
-  return common.MethodResult("hawq", bits, cost)
+  return common.minimize_under_budget("hawq", space, budget, objective,
+                                      traces_cost, integer_program)

@@ -8,7 +8,8 @@ from mpq_jax import budget as budget_lib
 from mpq_jax.baselines import common
 
 
-def allocate_uniform(space: common.SearchSpace, budget: int) -> common.MethodResult:
+def allocate_uniform(space: common.SearchSpace,
+                     budget: int) -> common.MethodResult:
   budget_lib.check_budget(space.table, budget)
   fitting = [b for b in space.table.choices
              if space.table.bytes_of(np.full(space.num_layers, b)) <= budget]

@@ -12,7 +12,6 @@ import math
 
 import numpy as np
 
-from mpq_jax import budget as budget_lib
 from mpq_jax.baselines import common
 
 REFERENCE_BITS = 16  # "unquantized" for the other layers
@@ -73,13 +72,8 @@ def knapsack_minimum(objective: np.ndarray, layer_bytes: np.ndarray,
 
 
 def allocate_zeroq(space: common.SearchSpace, budget: int,
-          sensitivity: np.ndarray,
-          sensitivity_cost: common.SearchCost) -> common.MethodResult:
+                   sensitivity: np.ndarray,
+                   sensitivity_cost: common.SearchCost) -> common.MethodResult:
   """Minimizes the summed sensitivity under the budget."""
-  budget_lib.check_budget(space.table, budget)
-  cost = common.SearchCost(**sensitivity_cost.as_dict())
-  with common.Stopwatch(cost):
-    picked = knapsack_minimum(sensitivity, space.table.layer_bytes,
-                              budget - space.table.constant)
-  bits = (picked + space.table.choices[0]).astype(np.int32)
-  return common.MethodResult("zeroq", bits, cost)
+  return common.minimize_under_budget("zeroq", space, budget, sensitivity,
+                                      sensitivity_cost, knapsack_minimum)
