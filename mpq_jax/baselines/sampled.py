@@ -9,8 +9,8 @@ from mpq_jax.baselines import common
 
 
 def allocate_best_sampled(space: common.SearchSpace, budget: int,
-                 sample_bits: np.ndarray,
-                 sample_kl: np.ndarray) -> common.MethodResult:
+                          sample_bits: np.ndarray,
+                          sample_kl: np.ndarray) -> common.MethodResult:
   """The lowest-KL sample that fits; costs nothing beyond the sampling itself."""
   budget_lib.check_budget(space.table, budget)
   sizes = np.array([space.table.bytes_of(bits) for bits in sample_bits])
