@@ -291,3 +291,18 @@ def test_budget_flags_and_unknown_methods(finished_run, tmp_path):
   with pytest.raises(ValueError, match="unknown method"):
     pipeline.Run(dataclasses.replace(config, workdir=str(copy),
                                      methods=("haq",))).run(["compare"])
+
+
+def test_entry_point_flag_errors_name_the_fix():
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from experiments import main  # pylint: disable=g-import-not-at-top
+  from mpq_jax import distributed  # pylint: disable=g-import-not-at-top
+  flags.FLAGS.unparse_flags()
+  flags.FLAGS(["main", "--budget_mb=0.1,small"])
+  try:
+    with pytest.raises(ValueError, match="--budget_mb takes numbers"):
+      main.config_from_flags()
+  finally:
+    flags.FLAGS.unparse_flags()
+  with pytest.raises(ValueError, match="needs --num_processes and"):
+    distributed.initialize("127.0.0.1:1234", None, None)
