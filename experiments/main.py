@@ -43,6 +43,12 @@ flags.DEFINE_float("memory_budget_mb", None,
                    " (default: half the device's memory).")
 flags.DEFINE_integer("max_vmap_width", 64, "Cap on the planned vmap width.")
 flags.DEFINE_integer("train_epochs", None, "Epochs for a model trained here.")
+flags.DEFINE_bool("random_init", False,
+                  "Random weights and synthetic images: a throughput or smoke"
+                  " run whose accuracies mean nothing.")
+flags.DEFINE_integer("input_size", None,
+                     "Square input side (e.g. 64 for a CPU smoke run of an"
+                     " ImageNet model); default: the model's.")
 flags.DEFINE_string("coordinator_address", None,
                     "host:port of process 0, for several processes (not needed"
                     " on TPU or SLURM, where it is detected).")
@@ -95,6 +101,8 @@ def config_from_flags() -> pipeline.RunConfig:
       memory_budget_mb=FLAGS.memory_budget_mb,
       max_vmap_width=FLAGS.max_vmap_width,
       train_epochs=FLAGS.train_epochs,
+      random_init=FLAGS.random_init,
+      input_size=FLAGS.input_size,
       budget_mb=_floats(FLAGS.budget_mb, "--budget_mb"),
       compression=_floats(FLAGS.compression, "--compression"),
       methods=tuple(FLAGS.methods),

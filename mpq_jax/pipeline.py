@@ -70,6 +70,10 @@ class RunConfig:
   max_vmap_width: int = 64
   eval_batch_size: int = 500
   train_epochs: int | None = None  # None: the model's own default
+  # Random weights and synthetic images: throughput and smoke runs only.
+  random_init: bool = False
+  input_size: int | None = None  # square inputs of this side (None: model's)
+  eval_size: int = 256  # synthetic evaluation images under random_init
   # Budgets for the side-by-side comparison; both None: the chosen MLP
   # allocation's size and the uniform sizes inside the bit range.
   budget_mb: tuple[float, ...] | None = None
@@ -114,6 +118,10 @@ class Run:
                        " train the allocator: use at least 4 (paper: 1200).")
     if config.bit_range is not None:
       sampling.check_bit_range(config.bit_range)
+    shape = tuple(self.entry.input_shape)
+    if config.input_size is not None:
+      shape = (config.input_size, config.input_size) + shape[2:]
+    self.input_shape = shape
     self._claim_workdir()
     self.timings = store.read_json(self.workdir / "timings.json") or {}
     self._reused = False
@@ -150,6 +158,8 @@ class Run:
     """(apply_fn, params), trained and checkpointed on first use."""
     module = self.entry.build(nnx.Rngs(self.config.seed))
     apply_fn, params = nnx_adapter.functional_model(module)
+    if self.config.random_init:
+      return apply_fn, params
     checkpoint = self.path("model_checkpoint")
     if checkpoint.exists():
       params = store.restore_checkpoint(checkpoint, params)
@@ -159,8 +169,10 @@ class Run:
               else self.config.train_epochs)
     if epochs <= 0:
       raise FileNotFoundError(
-          f"{checkpoint} is missing and {self.config.model} is not trained"
-          " here: put its weights there.")
+          f"no weights for {self.config.model}: {checkpoint} is missing and"
+          " this model is not trained here. Put an orbax checkpoint of its"
+          " parameters there (the torchvision converter is issue 3), or pass"
+          " --random_init for a throughput or smoke run on random weights.")
     source = data_pipeline.data_source(self.entry.dataset,
                                        self.entry.train_split, self.data_dir)
     steps = epochs * len(source) // self.entry.train_batch_size
@@ -184,13 +196,19 @@ class Run:
 
   @functools.cached_property
   def spec(self) -> spec_lib.LayerSpec:
-    example = jnp.zeros((1,) + tuple(self.entry.input_shape), jnp.float32)
+    example = jnp.zeros((1,) + self.input_shape, jnp.float32)
     spec = spec_lib.build_layer_spec(self.apply_fn, self.params, example)
     spec_lib.check_finite_params(self.params, spec)
     return spec
 
+  def _synthetic_images(self, count: int, stream: int) -> np.ndarray:
+    key = jax.random.fold_in(jax.random.key(self.config.seed), stream)
+    return np.asarray(jax.random.normal(key, (count,) + self.input_shape))
+
   @functools.cached_property
   def calibration_images(self) -> np.ndarray:
+    if self.config.random_init:
+      return self._synthetic_images(self.config.calib_size, 0)
     source = data_pipeline.data_source(self.entry.dataset,
                                        self.entry.train_split, self.data_dir)
     return data_pipeline.calibration_images(
@@ -199,6 +217,15 @@ class Run:
 
   @functools.cached_property
   def eval_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+    if self.config.random_init:
+      # Labels are the random model's own answers: top-1 then measures
+      # agreement with full precision, and means nothing about accuracy.
+      images = self._synthetic_images(self.config.eval_size, 1)
+      predict = jax.jit(self.apply_fn)
+      labels = np.concatenate([
+          np.argmax(np.asarray(predict(self.params, images[s:s + 64])), -1)
+          for s in range(0, len(images), 64)])
+      return images, labels.astype(np.int32)
     source = data_pipeline.data_source(self.entry.dataset,
                                        self.entry.eval_split, self.data_dir)
     return data_pipeline.load_split_arrays(source, self.entry.preprocess)
@@ -270,20 +297,24 @@ class Run:
 
   def stage_model(self) -> dict:
     record = store.read_json(self.path("model.json"))
-    if record is not None and self.path("model_checkpoint").exists():
+    if record is not None and (self.config.random_init
+                               or self.path("model_checkpoint").exists()):
       return self._reuse(record)
+    spec = self.spec  # weights first: a missing checkpoint says so first
     images, labels = self.eval_arrays
     record = {
         "model": self.config.model,
         "fp_top1": evaluation.full_precision_top1(
             self.apply_fn, self.params, images, labels,
             self.config.eval_batch_size),
-        "num_layers": self.spec.num_layers,
-        "layer_names": list(self.spec.names),
-        "layer_params": list(self.spec.num_params),
-        "total_params": self.spec.total_params,
-        "fp_bytes": metrics.full_precision_bytes(self.spec),
+        "num_layers": spec.num_layers,
+        "layer_names": list(spec.names),
+        "layer_params": list(spec.num_params),
+        "total_params": spec.total_params,
+        "fp_bytes": metrics.full_precision_bytes(spec),
         "params_digest": params_digest(self.params),
+        "random_init": self.config.random_init,
+        "input_shape": list(self.input_shape),
     }
     store.write_json(self.path("model.json"), record)
     return record
@@ -640,6 +671,8 @@ class Run:
         "per_channel": self.config.per_channel,
         "activation_bits": self.config.activation_bits,
         "tolerance_pp": self.config.tolerance_pp,
+        "random_init": model_record.get("random_init", False),
+        "input_shape": model_record.get("input_shape"),
         "fp_top1": fp_top1,
         "eval_images": int(len(self.eval_arrays[1])),
         "kl_size_spearman": sampling_record["kl_size_spearman"],

@@ -137,6 +137,16 @@ def render_markdown(report: dict) -> str:
   lines = [
       f"# mpq_jax report: {report['model']}",
       "",
+  ]
+  if report.get("random_init"):
+    lines += [
+        "**RANDOM WEIGHTS AND SYNTHETIC IMAGES (--random_init): every"
+        " accuracy, KL and allocation below is meaningless; only sizes and"
+        " timings mean something.** Top-1 here is agreement with the random"
+        " full-precision model.",
+        "",
+    ]
+  lines += [
       f"Full-precision top-1: {report['fp_top1']:.2f}% on"
       f" {report['eval_images']} evaluation images;"
       f" {report['num_layers']} quantized layers;"

@@ -63,5 +63,6 @@ def test_bad_calibration_sizes_name_the_fix(demo_data_dir):
 
 
 def test_unprepared_dataset_says_what_to_do(tmp_path):
-  with pytest.raises(FileNotFoundError, match="not prepared under"):
+  with pytest.raises(FileNotFoundError,
+                     match="not prepared under .*downloads/manual"):
     pipeline.data_source("imagenet2012", "validation", str(tmp_path))

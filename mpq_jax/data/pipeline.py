@@ -32,9 +32,12 @@ def data_source(name: str, split: str, data_dir: str):
                             download=False)
   except (AssertionError, FileNotFoundError, NotImplementedError) as error:
     raise FileNotFoundError(
-        f"TFDS data set {name!r} is not prepared under {data_dir!r}: prepare"
-        " it in the array_record format there (BUILD.md says how), or pass"
-        f" --data_dir pointing at it. ({error})"
+        f"TFDS data set {name!r} is not prepared under {data_dir!r} in the"
+        " array_record format. Prepare it there once (BUILD.md, 'ImageNet'),"
+        f" e.g. `tfds build {name} --data_dir={data_dir}"
+        " --file_format=array_record` after putting a manual download in"
+        f" {data_dir}/downloads/manual, or pass --data_dir pointing at a"
+        f" prepared copy. ({error})"
     ) from error
 
 

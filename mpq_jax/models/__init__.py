@@ -9,8 +9,17 @@ import numpy as np
 from flax import nnx
 
 from mpq_jax.models import demo_cnn
+from mpq_jax.models import resnet
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+IMAGENET_SHAPE = (224, 224, 3)
+
+
+def preprocess_not_implemented(image: np.ndarray) -> np.ndarray:
+  del image
+  raise NotImplementedError(
+      "the ImageNet input pipeline is not written yet (issue 3): run this"
+      " model with --random_init, which uses synthetic images.")
 
 
 def preprocess_mnist(image: np.ndarray) -> np.ndarray:
@@ -54,6 +63,24 @@ MODELS: dict[str, ModelEntry] = {
         input_shape=demo_cnn.INPUT_SHAPE,
         preprocess=preprocess_mnist,
         train_epochs=15,
+    ),
+    "resnet18": ModelEntry(
+        name="resnet18",
+        build=lambda rngs: resnet.resnet18(rngs=rngs),
+        dataset="imagenet2012",
+        train_split="train",
+        eval_split="validation",
+        input_shape=IMAGENET_SHAPE,
+        preprocess=preprocess_not_implemented,
+    ),
+    "resnet50": ModelEntry(
+        name="resnet50",
+        build=lambda rngs: resnet.resnet50(rngs=rngs),
+        dataset="imagenet2012",
+        train_split="train",
+        eval_split="validation",
+        input_shape=IMAGENET_SHAPE,
+        preprocess=preprocess_not_implemented,
     ),
 }
 
