@@ -7,7 +7,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mpq_jax import activations
 from mpq_jax import allocator as allocator_lib
 from mpq_jax import baselines
 from mpq_jax import budget as budget_lib

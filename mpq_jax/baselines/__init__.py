@@ -21,3 +21,23 @@ from mpq_jax.baselines.sampled import allocate_best_sampled
 from mpq_jax.baselines.uniform import allocate_uniform
 from mpq_jax.baselines.zeroq import allocate_zeroq
 from mpq_jax.baselines.zeroq import sensitivity_table
+
+__all__ = [
+    "common",
+    "greedy",
+    "hawq",
+    "sampled",
+    "uniform",
+    "zeroq",
+    "MethodResult",
+    "SearchCost",
+    "SearchSpace",
+    "allocate_greedy",
+    "allocate_hawq",
+    "hessian_traces",
+    "perturbation_objective",
+    "allocate_best_sampled",
+    "allocate_uniform",
+    "allocate_zeroq",
+    "sensitivity_table",
+]
