@@ -61,19 +61,25 @@ def enumerated_optimum(objective, space, every, budget):
   return best[0]
 
 
+def assert_exact_optimum(space, every, objective, allocate, rtol):
+  """allocate(budget) meets every budget and equals the enumerated optimum."""
+  rows = np.arange(objective.shape[0])
+  for budget in budgets_to_try(space):
+    result = allocate(int(budget))
+    assert space.table.bytes_of(result.bits) <= budget
+    np.testing.assert_allclose(
+        objective[rows, result.bits - 2].sum(),
+        enumerated_optimum(objective, space, every, budget), rtol=rtol)
+
+
 def test_dynamic_program_finds_the_exact_optimum(tiny):
   _, _, _, space, every = tiny
   sensitivity, cost = baselines.sensitivity_table(space)
   assert sensitivity.shape == (4, 3) and cost.configurations == 12
   # 4 bits diverge less than 2 bits in every layer (3 bits can be noisy).
   assert np.all(sensitivity[:, -1] < sensitivity[:, 0])
-  rows = np.arange(4)
-  for budget in budgets_to_try(space):
-    result = baselines.allocate_zeroq(space, int(budget), sensitivity, cost)
-    assert space.table.bytes_of(result.bits) <= budget
-    np.testing.assert_allclose(
-        sensitivity[rows, result.bits - 2].sum(),
-        enumerated_optimum(sensitivity, space, every, budget), rtol=1e-12)
+  assert_exact_optimum(space, every, sensitivity, lambda budget: (
+      baselines.allocate_zeroq(space, budget, sensitivity, cost)), rtol=1e-12)
 
 
 def test_integer_program_finds_the_exact_optimum(tiny):
@@ -83,13 +89,8 @@ def test_integer_program_finds_the_exact_optimum(tiny):
   assert np.all(traces > 0) and cost.backward_passes > 0
   objective = hawq_lib.perturbation_objective(params, spec, traces,
                                               space.table.choices)
-  rows = np.arange(4)
-  for budget in budgets_to_try(space):
-    result = baselines.allocate_hawq(space, int(budget), objective, cost)
-    assert space.table.bytes_of(result.bits) <= budget
-    np.testing.assert_allclose(
-        objective[rows, result.bits - 2].sum(),
-        enumerated_optimum(objective, space, every, budget), rtol=1e-9)
+  assert_exact_optimum(space, every, objective, lambda budget: (
+      baselines.allocate_hawq(space, budget, objective, cost)), rtol=1e-9)
 
 
 def test_hutchinson_matches_the_exact_hessian_trace(tiny):

@@ -53,6 +53,14 @@ class ModelEntry:
   train_batch_size: int = 128
 
 
+def _imagenet_entry(name: str, build) -> ModelEntry:
+  """An ImageNet classifier whose weights come from a file (or --random_init)."""
+  return ModelEntry(name=name, build=lambda rngs: build(rngs=rngs),
+                    dataset="imagenet2012", train_split="train",
+                    eval_split="validation", input_shape=IMAGENET_SHAPE,
+                    preprocess=preprocess_not_implemented)
+
+
 MODELS: dict[str, ModelEntry] = {
     "demo_cnn": ModelEntry(
         name="demo_cnn",
@@ -64,24 +72,9 @@ MODELS: dict[str, ModelEntry] = {
         preprocess=preprocess_mnist,
         train_epochs=15,
     ),
-    "resnet18": ModelEntry(
-        name="resnet18",
-        build=lambda rngs: resnet.resnet18(rngs=rngs),
-        dataset="imagenet2012",
-        train_split="train",
-        eval_split="validation",
-        input_shape=IMAGENET_SHAPE,
-        preprocess=preprocess_not_implemented,
-    ),
-    "resnet50": ModelEntry(
-        name="resnet50",
-        build=lambda rngs: resnet.resnet50(rngs=rngs),
-        dataset="imagenet2012",
-        train_split="train",
-        eval_split="validation",
-        input_shape=IMAGENET_SHAPE,
-        preprocess=preprocess_not_implemented,
-    ),
+    **{name: _imagenet_entry(name, build)
+       for name, build in (("resnet18", resnet.resnet18),
+                           ("resnet50", resnet.resnet50))},
 }
 
 
