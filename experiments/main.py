@@ -46,6 +46,9 @@ flags.DEFINE_integer("train_epochs", None, "Epochs for a model trained here.")
 flags.DEFINE_bool("random_init", False,
                   "Random weights and synthetic images: a throughput or smoke"
                   " run whose accuracies mean nothing.")
+flags.DEFINE_bool("fold_batch_norm", True,
+                  "Fold batch norm into the preceding convolutions before"
+                  " quantizing (as deployment does).")
 flags.DEFINE_integer("input_size", None,
                      "Square input side (e.g. 64 for a CPU smoke run of an"
                      " ImageNet model); default: the model's.")
@@ -102,6 +105,7 @@ def config_from_flags() -> pipeline.RunConfig:
       max_vmap_width=FLAGS.max_vmap_width,
       train_epochs=FLAGS.train_epochs,
       random_init=FLAGS.random_init,
+      fold_batch_norm=FLAGS.fold_batch_norm,
       input_size=FLAGS.input_size,
       budget_mb=_floats(FLAGS.budget_mb, "--budget_mb"),
       compression=_floats(FLAGS.compression, "--compression"),

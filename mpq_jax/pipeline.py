@@ -37,6 +37,7 @@ from mpq_jax import search
 from mpq_jax import spec as spec_lib
 from mpq_jax import store
 from mpq_jax.data import pipeline as data_pipeline
+from mpq_jax.models import folding
 from mpq_jax.models import training
 
 STAGES = ("model", "bit_range", "sampling", "allocator", "sweep", "compare",
@@ -74,6 +75,9 @@ class RunConfig:
   random_init: bool = False
   input_size: int | None = None  # square inputs of this side (None: model's)
   eval_size: int = 256  # synthetic evaluation images under random_init
+  # Fold batch norm into the preceding convolutions before quantizing, as
+  # deployment does.
+  fold_batch_norm: bool = True
   # Budgets for the side-by-side comparison; both None: the chosen MLP
   # allocation's size and the uniform sizes inside the bit range.
   budget_mb: tuple[float, ...] | None = None
@@ -125,6 +129,7 @@ class Run:
     self._claim_workdir()
     self.timings = store.read_json(self.workdir / "timings.json") or {}
     self._reused = False
+    self.batch_norms_folded = 0
 
   # --- the workdir ---------------------------------------------------------
 
@@ -155,23 +160,34 @@ class Run:
 
   @functools.cached_property
   def model_and_params(self) -> tuple[Any, Any]:
-    """(apply_fn, params), trained and checkpointed on first use."""
+    """(apply_fn, params): trained and checkpointed on first use, BN folded."""
     module = self.entry.build(nnx.Rngs(self.config.seed))
-    apply_fn, params = nnx_adapter.functional_model(module)
-    if self.config.random_init:
-      return apply_fn, params
+    if not self.config.random_init:
+      self._load_or_train(module)
+    module.eval()
+    if self.config.fold_batch_norm:
+      self.batch_norms_folded = folding.fold_batch_norm(module)
+    return nnx_adapter.functional_model(module)
+
+  def _load_or_train(self, module: nnx.Module) -> None:
+    """Fills `module` with its checkpointed weights, training it if there are none.
+
+    The checkpoint holds every variable (batch-norm statistics too), unfolded.
+    """
     checkpoint = self.path("model_checkpoint")
     if checkpoint.exists():
-      params = store.restore_checkpoint(checkpoint, params)
+      state = store.restore_checkpoint(checkpoint,
+                                       nnx.to_pure_dict(nnx.state(module)))
+      nnx.update(module, state)
       logging.info("loaded %s from %s", self.config.model, checkpoint)
-      return apply_fn, params
+      return
     epochs = (self.entry.train_epochs if self.config.train_epochs is None
               else self.config.train_epochs)
     if epochs <= 0:
       raise FileNotFoundError(
           f"no weights for {self.config.model}: {checkpoint} is missing and"
           " this model is not trained here. Put an orbax checkpoint of its"
-          " parameters there (the torchvision converter is issue 3), or pass"
+          " variables there (the torchvision converter is issue 3), or pass"
           " --random_init for a throughput or smoke run on random weights.")
     source = data_pipeline.data_source(self.entry.dataset,
                                        self.entry.train_split, self.data_dir)
@@ -182,9 +198,7 @@ class Run:
     batches = _progress(batches, total=steps, desc="train " + self.entry.name)
     module.train()
     training.train_classifier(module, batches, num_steps=steps)
-    apply_fn, params = nnx_adapter.functional_model(module)
-    store.save_checkpoint(checkpoint, params)
-    return apply_fn, params
+    store.save_checkpoint(checkpoint, nnx.to_pure_dict(nnx.state(module)))
 
   @property
   def apply_fn(self):
@@ -315,6 +329,7 @@ class Run:
         "params_digest": params_digest(self.params),
         "random_init": self.config.random_init,
         "input_shape": list(self.input_shape),
+        "batch_norms_folded": self.batch_norms_folded,
     }
     store.write_json(self.path("model.json"), record)
     return record

@@ -1,5 +1,7 @@
 """Tests for mpq_jax/models: torchvision-exact ResNets and the random-init smoke path."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +11,8 @@ from flax import nnx
 from mpq_jax import nnx_adapter
 from mpq_jax import pipeline
 from mpq_jax import spec as spec_lib
+from mpq_jax.models import demo_cnn
+from mpq_jax.models import folding
 from mpq_jax.models import resnet
 
 
@@ -32,6 +36,47 @@ def test_resnets_match_torchvision_parameter_for_parameter(build, parameters,
   assert apply_fn(params, jnp.zeros((2, 32, 32, 3))).shape == (2, 1000)
 
 
+def randomize_batch_norm(model, seed=3):
+  """Non-trivial running statistics and affine terms in every BatchNorm."""
+  key = jax.random.key(seed)
+  for _, node in nnx.iter_graph(model):
+    if isinstance(node, nnx.BatchNorm):
+      key, k1, k2, k3, k4 = jax.random.split(key, 5)
+      shape = node.mean[...].shape
+      node.mean[...] = 0.1 * jax.random.normal(k1, shape)
+      node.var[...] = jax.random.uniform(k2, shape, minval=0.5, maxval=1.5)
+      node.scale[...] = 1 + 0.1 * jax.random.normal(k3, shape)
+      node.bias[...] = 0.1 * jax.random.normal(k4, shape)
+
+
+@pytest.mark.parametrize("build, convolutions", [(resnet.resnet18, 20),
+                                                 (resnet.resnet50, 53)])
+def test_folded_logits_equal_unfolded_ones(build, convolutions):
+  model = build(rngs=nnx.Rngs(0))
+  randomize_batch_norm(model)
+  model.eval()
+  images = jax.random.normal(jax.random.key(9), (2, 32, 32, 3))
+  before = model(images)
+  assert folding.fold_batch_norm(model) == convolutions
+  after = model(images)
+  # float32 precision, relative to the logits' scale
+  assert float(jnp.max(jnp.abs(after - before))) <= 1e-5 * float(
+      jnp.max(jnp.abs(before)))
+  assert not any(isinstance(node, nnx.BatchNorm)
+                 for _, node in nnx.iter_graph(model))
+  # Every folded convolution now carries a bias.
+  assert all(node.use_bias for _, node in nnx.iter_graph(model)
+             if isinstance(node, nnx.Conv))
+
+
+def test_folding_leaves_a_model_without_batch_norm_alone():
+  model = demo_cnn.DemoCNN(rngs=nnx.Rngs(0))
+  images = jnp.ones((1, 28, 28, 1))
+  before = model(images)
+  assert folding.fold_batch_norm(model) == 0
+  np.testing.assert_array_equal(model(images), before)
+
+
 def test_random_init_runs_the_pipeline_and_says_it_means_nothing(tmp_path):
   config = pipeline.RunConfig(
       model="resnet18", workdir=str(tmp_path), random_init=True,
@@ -41,7 +86,12 @@ def test_random_init_runs_the_pipeline_and_says_it_means_nothing(tmp_path):
                                  "allocator", "sweep", "report"])
   assert report["random_init"] and report["input_shape"] == [16, 16, 3]
   assert report["num_layers"] == 21 and report["fp_top1"] == 100.0
-  assert report["fp_bytes"] == 4 * 11_689_512
+  model = json.loads((tmp_path / "model.json").read_text())
+  assert model["batch_norms_folded"] == 20
+  # The 20 batch norms span 4,800 channels: their 9,600 scales and biases
+  # go, 4,800 convolution biases come.
+  assert report["total_params"] == 11_689_512 - 4_800
+  assert report["fp_bytes"] == 4 * (11_689_512 - 4_800)
   assert "RANDOM WEIGHTS AND SYNTHETIC IMAGES" in (
       tmp_path / "report.md").read_text()
 
