@@ -103,3 +103,73 @@ def test_missing_weights_say_what_to_do(tmp_path):
   with pytest.raises(FileNotFoundError, match="no weights for resnet50.*"
                      "--random_init"):
     run.run(["model"])
+
+
+@pytest.fixture(scope="module")
+def resnet18_variables():
+  model = resnet.resnet18(rngs=nnx.Rngs(1))
+  randomize_batch_norm(model, seed=5)
+  return model, nnx.to_pure_dict(nnx.state(model))
+
+
+def test_torchvision_keys_and_shapes_both_ways(resnet18_variables):
+  from mpq_jax.models import convert  # pylint: disable=g-import-not-at-top
+  model, variables = resnet18_variables
+  state = convert.nnx_to_torchvision(variables)
+  # torchvision's resnet18 state dict: 122 tensors, 20 of them the
+  # num_batches_tracked counters that carry no weights.
+  assert len(state) == 102
+  expected_shapes = {
+      "conv1.weight": (64, 3, 7, 7), "bn1.running_var": (64,),
+      "layer1.0.conv1.weight": (64, 64, 3, 3),
+      "layer2.0.downsample.0.weight": (128, 64, 1, 1),
+      "layer2.0.downsample.1.running_mean": (128,),
+      "layer4.1.bn2.weight": (512,), "fc.weight": (1000, 512),
+      "fc.bias": (1000,)}
+  for key, shape in expected_shapes.items():
+    assert state[key].shape == shape
+  state["bn1.num_batches_tracked"] = np.zeros((), np.int64)  # ignored
+  back = convert.torchvision_to_nnx(state, variables)
+  for got, want in zip(jax.tree.leaves(back), jax.tree.leaves(variables)):
+    np.testing.assert_array_equal(got, want)
+  # OIHW -> HWIO really transposes: one kernel element, located by hand.
+  np.testing.assert_array_equal(
+      back["layer1"][0]["conv1"]["kernel"][2, 1, 5, 7],
+      state["layer1.0.conv1.weight"][7, 5, 2, 1])
+
+
+def test_bad_state_dicts_name_the_problem(resnet18_variables, tmp_path):
+  from mpq_jax.models import convert  # pylint: disable=g-import-not-at-top
+  _, variables = resnet18_variables
+  state = convert.nnx_to_torchvision(variables)
+  state.pop("fc.bias")
+  state["head.weight"] = np.zeros((10, 512), np.float32)
+  with pytest.raises(ValueError, match=r"missing \['fc.bias'\].*unexpected"
+                     r" \['head.weight'\]"):
+    convert.torchvision_to_nnx(state, variables)
+  state = convert.nnx_to_torchvision(variables)
+  state["fc.weight"] = np.zeros((10, 512), np.float32)
+  with pytest.raises(ValueError, match="fc.weight has shape"):
+    convert.torchvision_to_nnx(state, variables)
+  with pytest.raises(FileNotFoundError, match="save the state dict as"
+                     " safetensors"):
+    convert.read_state_dict(tmp_path / "absent.safetensors")
+
+
+def test_converted_safetensors_load_into_the_pipeline(resnet18_variables,
+                                                       tmp_path):
+  import safetensors.numpy  # pylint: disable=g-import-not-at-top
+  from experiments import convert_weights  # pylint: disable=g-import-not-at-top
+  from mpq_jax.models import convert  # pylint: disable=g-import-not-at-top
+  model, variables = resnet18_variables
+  path = tmp_path / "resnet18.safetensors"
+  safetensors.numpy.save_file(convert.nnx_to_torchvision(variables), str(path))
+  convert_weights.convert_into_workdir("resnet18", path, tmp_path / "run")
+  run = pipeline.Run(pipeline.RunConfig(model="resnet18",
+                                        workdir=str(tmp_path / "run"),
+                                        data_dir=str(tmp_path / "tfds")))
+  images = jax.random.normal(jax.random.key(2), (2, 32, 32, 3))
+  model.eval()
+  np.testing.assert_allclose(run.apply_fn(run.params, images), model(images),
+                             rtol=1e-4, atol=1e-4)
+  assert run.batch_norms_folded == 20
