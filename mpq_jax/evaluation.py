@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 import jax
 import numpy as np
@@ -13,33 +13,33 @@ from mpq_jax import quant
 from mpq_jax import sampling
 
 
-def make_top1_evaluator(
+def array_batches(images: np.ndarray, labels: np.ndarray, batch_size: int):
+  """A `batches` callable over in-memory arrays."""
+  def batches() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    for start in range(0, len(images), batch_size):
+      yield images[start:start + batch_size], labels[start:start + batch_size]
+  return batches
+
+
+def make_streaming_top1_evaluator(
     quantized_apply: Callable[[Any, jax.Array, jax.Array], jax.Array],
     params: Any,
-    images: np.ndarray,
-    labels: np.ndarray,
+    batches: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]],
     num_layers: int,
     *,
     batch_size: int = 500,
 ) -> Callable[[np.ndarray], float]:
-  """Returns `top1_of(bits) -> percent` over (images, labels) in fixed batches.
+  """Returns `top1_of(bits) -> percent` over the batches `batches()` yields.
 
-  The last batch is padded and its padding masked, so every batch has one
-  shape and the program compiles once.
+  Each call walks the split again (from memory or from a grain pipeline),
+  so any split size works. Every batch is padded to one shape, its padding
+  masked, and split over every device of every process (the data axis) with
+  parameters and bits replicated, like the sampling's configurations.
   """
-  if len(images) == 0:
-    raise ValueError("the evaluation split is empty: top-1 needs images.")
-  # Batches are split over every device of every process (the data axis),
-  # parameters and bits replicated, like the sampling's configurations.
   mesh = sampling.config_mesh()
   batch_size = -(-batch_size // mesh.devices.size) * mesh.devices.size
   by_image = jax.sharding.PartitionSpec(sampling.CONFIG_AXIS)
   replicated = jax.sharding.PartitionSpec()
-  count = len(images)
-  padded = -(-count // batch_size) * batch_size
-  pad = padded - count
-  images = np.concatenate([images, np.repeat(images[:1], pad, axis=0)])
-  labels = np.concatenate([labels, np.full(pad, -1, labels.dtype)])
   params = jax.tree.map(
       lambda leaf: sampling.global_array(leaf, mesh, replicated), params)
 
@@ -53,23 +53,46 @@ def make_top1_evaluator(
   def top1_of(bits) -> float:
     bits = sampling.global_array(quant.check_weight_bits(bits, num_layers),
                                  mesh, replicated)
-    correct = sum(
-        int(correct_in_batch(
-            params, bits,
-            sampling.global_array(images[s:s + batch_size], mesh, by_image),
-            sampling.global_array(labels[s:s + batch_size], mesh, by_image)))
-        for s in range(0, padded, batch_size))
+    correct = count = 0
+    for images, labels in batches():
+      if len(images) > batch_size:
+        raise ValueError(f"a batch of {len(images)} images exceeds the"
+                         f" evaluation batch size {batch_size}.")
+      pad = batch_size - len(images)
+      count += len(images)
+      images = np.concatenate([images, np.repeat(images[:1], pad, axis=0)])
+      labels = np.concatenate([np.asarray(labels, np.int32),
+                               np.full(pad, -1, np.int32)])
+      correct += int(correct_in_batch(
+          params, bits, sampling.global_array(images, mesh, by_image),
+          sampling.global_array(labels, mesh, by_image)))
+    if count == 0:
+      raise ValueError("the evaluation split is empty: top-1 needs images.")
     return metrics.top1_percent(correct, count)
 
   return top1_of
 
 
-def full_precision_top1(apply_fn, params, images, labels,
+def make_top1_evaluator(
+    quantized_apply: Callable[[Any, jax.Array, jax.Array], jax.Array],
+    params: Any,
+    images: np.ndarray,
+    labels: np.ndarray,
+    num_layers: int,
+    *,
+    batch_size: int = 500,
+) -> Callable[[np.ndarray], float]:
+  """`make_streaming_top1_evaluator` over in-memory (images, labels)."""
+  if len(images) == 0:
+    raise ValueError("the evaluation split is empty: top-1 needs images.")
+  return make_streaming_top1_evaluator(
+      quantized_apply, params, array_batches(images, labels, batch_size),
+      num_layers, batch_size=batch_size)
+
+
+def full_precision_top1(apply_fn, params, batches, num_layers: int,
                         batch_size: int = 500) -> float:
-  """Top-1 of the unquantized model."""
-  predict = jax.jit(apply_fn)
-  correct = sum(
-      int(metrics.top1_correct(predict(params, images[s:s + batch_size]),
-                               labels[s:s + batch_size]))
-      for s in range(0, len(images), batch_size))
-  return metrics.top1_percent(correct, len(images))
+  """Top-1 of the unquantized model over `batches()`."""
+  return make_streaming_top1_evaluator(
+      lambda p, _, x: apply_fn(p, x), params, batches, num_layers,
+      batch_size=batch_size)(np.full(num_layers, quant.MAX_BITS))

@@ -126,6 +126,8 @@ class Run:
     if config.input_size is not None:
       shape = (config.input_size, config.input_size) + shape[2:]
     self.input_shape = shape
+    self.preprocess = functools.partial(self.entry.preprocess,
+                                        input_shape=shape)
     self._claim_workdir()
     self.timings = store.read_json(self.workdir / "timings.json") or {}
     self._reused = False
@@ -193,7 +195,7 @@ class Run:
                                        self.entry.train_split, self.data_dir)
     steps = epochs * len(source) // self.entry.train_batch_size
     batches = data_pipeline.batches(
-        source, self.entry.train_batch_size, self.entry.preprocess,
+        source, self.entry.train_batch_size, self.preprocess,
         shuffle_seed=self.config.seed, num_epochs=epochs, drop_remainder=True)
     batches = _progress(batches, total=steps, desc="train " + self.entry.name)
     module.train()
@@ -226,11 +228,27 @@ class Run:
     source = data_pipeline.data_source(self.entry.dataset,
                                        self.entry.train_split, self.data_dir)
     return data_pipeline.calibration_images(
-        source, self.config.calib_size, self.entry.preprocess,
+        source, self.config.calib_size, self.preprocess,
         seed=self.config.seed)
+
+  # Splits up to this many images are held in memory; larger ones (ImageNet's
+  # 50,000) stream from grain on every evaluation.
+  IN_MEMORY_EVAL_IMAGES = 10_000
+
+  @functools.cached_property
+  def eval_source(self):
+    return data_pipeline.data_source(self.entry.dataset,
+                                     self.entry.eval_split, self.data_dir)
+
+  @functools.cached_property
+  def eval_count(self) -> int:
+    if self.config.random_init:
+      return self.config.eval_size
+    return len(self.eval_source)
 
   @functools.cached_property
   def eval_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+    """The whole evaluation split in memory (small splits only)."""
     if self.config.random_init:
       # Labels are the random model's own answers: top-1 then measures
       # agreement with full precision, and means nothing about accuracy.
@@ -240,9 +258,15 @@ class Run:
           np.argmax(np.asarray(predict(self.params, images[s:s + 64])), -1)
           for s in range(0, len(images), 64)])
       return images, labels.astype(np.int32)
-    source = data_pipeline.data_source(self.entry.dataset,
-                                       self.entry.eval_split, self.data_dir)
-    return data_pipeline.load_split_arrays(source, self.entry.preprocess)
+    return data_pipeline.load_split_arrays(self.eval_source, self.preprocess)
+
+  def eval_batches(self):
+    """A callable yielding (images, labels) batches of the evaluation split."""
+    size = self.config.eval_batch_size
+    if self.config.random_init or self.eval_count <= self.IN_MEMORY_EVAL_IMAGES:
+      return evaluation.array_batches(*self.eval_arrays, size)
+    return lambda: data_pipeline.batches(self.eval_source, size,
+                                         self.preprocess)
 
   @functools.cached_property
   def activation_ranges(self):
@@ -275,9 +299,8 @@ class Run:
 
   @functools.cached_property
   def top1_of(self):
-    images, labels = self.eval_arrays
-    return evaluation.make_top1_evaluator(
-        self.quantized_apply, self.params, images, labels,
+    return evaluation.make_streaming_top1_evaluator(
+        self.quantized_apply, self.params, self.eval_batches(),
         self.spec.num_layers, batch_size=self.config.eval_batch_size)
 
   def size_record(self, bits) -> dict:
@@ -315,11 +338,10 @@ class Run:
                                or self.path("model_checkpoint").exists()):
       return self._reuse(record)
     spec = self.spec  # weights first: a missing checkpoint says so first
-    images, labels = self.eval_arrays
     record = {
         "model": self.config.model,
         "fp_top1": evaluation.full_precision_top1(
-            self.apply_fn, self.params, images, labels,
+            self.apply_fn, self.params, self.eval_batches(), spec.num_layers,
             self.config.eval_batch_size),
         "num_layers": spec.num_layers,
         "layer_names": list(spec.names),
@@ -638,8 +660,8 @@ class Run:
     reloaded_apply = activations.make_activation_quantized_apply(
         self.apply_fn, self.spec, loaded.activation_ranges,
         loaded.activation_bits)
-    reloaded_top1 = evaluation.make_top1_evaluator(
-        lambda p, _, x: reloaded_apply(p, x), params, *self.eval_arrays,
+    reloaded_top1 = evaluation.make_streaming_top1_evaluator(
+        lambda p, _, x: reloaded_apply(p, x), params, self.eval_batches(),
         self.spec.num_layers, batch_size=self.config.eval_batch_size)
     calibration = jnp.asarray(self.calibration_images)
     reloaded_kl = jax.jit(lambda p: metrics.kl_divergence(
@@ -689,7 +711,7 @@ class Run:
         "random_init": model_record.get("random_init", False),
         "input_shape": model_record.get("input_shape"),
         "fp_top1": fp_top1,
-        "eval_images": int(len(self.eval_arrays[1])),
+        "eval_images": int(self.eval_count),
         "kl_size_spearman": sampling_record["kl_size_spearman"],
         "uniform": uniform,
         "query_kl": sweep_record["query_kl"],

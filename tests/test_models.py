@@ -159,12 +159,11 @@ def test_bad_state_dicts_name_the_problem(resnet18_variables, tmp_path):
 def test_converted_safetensors_load_into_the_pipeline(resnet18_variables,
                                                        tmp_path):
   import safetensors.numpy  # pylint: disable=g-import-not-at-top
-  from experiments import convert_weights  # pylint: disable=g-import-not-at-top
   from mpq_jax.models import convert  # pylint: disable=g-import-not-at-top
   model, variables = resnet18_variables
   path = tmp_path / "resnet18.safetensors"
   safetensors.numpy.save_file(convert.nnx_to_torchvision(variables), str(path))
-  convert_weights.convert_into_workdir("resnet18", path, tmp_path / "run")
+  convert.convert_into_workdir("resnet18", path, tmp_path / "run")
   run = pipeline.Run(pipeline.RunConfig(model="resnet18",
                                         workdir=str(tmp_path / "run"),
                                         data_dir=str(tmp_path / "tfds")))
@@ -173,3 +172,55 @@ def test_converted_safetensors_load_into_the_pipeline(resnet18_variables,
   np.testing.assert_allclose(run.apply_fn(run.params, images), model(images),
                              rtol=1e-4, atol=1e-4)
   assert run.batch_norms_folded == 20
+
+
+def test_imagenet_eval_transform_on_mock_imagenet():
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from mpq_jax import models  # pylint: disable=g-import-not-at-top
+  from mpq_jax.data import imagenet  # pylint: disable=g-import-not-at-top
+  from mpq_jax.data import pipeline as data_pipeline  # pylint: disable=g-import-not-at-top
+  with tfds.testing.mock_data(num_examples=6):
+    source = data_pipeline.data_source("imagenet2012", "validation",
+                                       "/nonexistent")
+    images, labels = data_pipeline.load_split_arrays(
+        source, lambda image: models.preprocess_imagenet(image, (64, 64, 3)))
+  assert images.shape == (6, 64, 64, 3) and images.dtype == np.float32
+  assert labels.shape == (6,) and labels.min() >= 0 and labels.max() < 1000
+  # A flat gray image: resize and crop keep it flat; normalization is exact.
+  gray = np.full((300, 500, 3), 128, np.uint8)
+  out = imagenet.eval_transform(gray)
+  assert out.shape == (224, 224, 3)
+  np.testing.assert_allclose(out[0, 0], (128 / 255 - imagenet.MEAN)
+                             / imagenet.STD, rtol=1e-5)
+  # Resize(256) + CenterCrop(224): a centered 224-wide white box in a
+  # 256x256 picture survives exactly inside the crop.
+  box = np.zeros((256, 256, 3), np.uint8)
+  box[16:240, 16:240] = 255
+  crop = imagenet.eval_transform(box)
+  assert np.all(crop[1:-1, 1:-1] == crop[112, 112])
+
+
+def test_mock_imagenet_end_to_end_at_reduced_resolution(resnet18_variables,
+                                                        tmp_path):
+  import time  # pylint: disable=g-import-not-at-top
+  import safetensors.numpy  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from mpq_jax.models import convert  # pylint: disable=g-import-not-at-top
+  _, variables = resnet18_variables
+  weights = tmp_path / "resnet18.safetensors"
+  safetensors.numpy.save_file(convert.nnx_to_torchvision(variables),
+                              str(weights))
+  convert.convert_into_workdir("resnet18", weights, tmp_path / "run")
+  started = time.perf_counter()
+  with tfds.testing.mock_data(num_examples=16):
+    report = pipeline.run(pipeline.RunConfig(
+        model="resnet18", workdir=str(tmp_path / "run"),
+        data_dir=str(tmp_path / "tfds"), input_size=32, num_samples=8,
+        calib_size=4, chunk_size=8, num_targets=3, eval_batch_size=16),
+        ["model", "bit_range", "sampling", "allocator", "sweep", "report"])
+  seconds = time.perf_counter() - started
+  assert report["eval_images"] == 16 and report["num_layers"] == 21
+  assert not report["random_init"] and report["input_shape"] == [32, 32, 3]
+  assert 0.0 <= report["fp_top1"] <= 100.0
+  assert len(report["uniform"]) == 7
+  print(f"mock ImageNet end to end: {seconds:.1f} s")

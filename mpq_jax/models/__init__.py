@@ -8,6 +8,7 @@ from typing import Callable
 import numpy as np
 from flax import nnx
 
+from mpq_jax.data import imagenet
 from mpq_jax.models import demo_cnn
 from mpq_jax.models import resnet
 
@@ -15,15 +16,15 @@ MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 IMAGENET_SHAPE = (224, 224, 3)
 
 
-def preprocess_not_implemented(image: np.ndarray) -> np.ndarray:
-  del image
-  raise NotImplementedError(
-      "the ImageNet input pipeline is not written yet (issue 3): run this"
-      " model with --random_init, which uses synthetic images.")
+def preprocess_imagenet(image: np.ndarray,
+                        input_shape=IMAGENET_SHAPE) -> np.ndarray:
+  """torchvision's evaluation transform, cropped to the model's input side."""
+  return imagenet.eval_transform(image, crop=input_shape[0])
 
 
-def preprocess_mnist(image: np.ndarray) -> np.ndarray:
+def preprocess_mnist(image: np.ndarray, input_shape=None) -> np.ndarray:
   """uint8 [28, 28, 1] -> float32, standardized with MNIST's mean and std."""
+  del input_shape  # always 28x28
   return ((image.astype(np.float32) / 255.0) - MNIST_MEAN) / MNIST_STD
 
 
@@ -37,7 +38,7 @@ class ModelEntry:
     dataset: TFDS name of its data.
     train_split / eval_split: where calibration images / top-1 come from.
     input_shape: one image's shape.
-    preprocess: uint8 image -> float32 model input.
+    preprocess: (uint8 image, input shape) -> float32 model input.
     train_epochs: epochs to train it on first use (0: weights come from a file).
     train_batch_size: batch size for that training.
   """
@@ -58,7 +59,7 @@ def _imagenet_entry(name: str, build) -> ModelEntry:
   return ModelEntry(name=name, build=lambda rngs: build(rngs=rngs),
                     dataset="imagenet2012", train_split="train",
                     eval_split="validation", input_shape=IMAGENET_SHAPE,
-                    preprocess=preprocess_not_implemented)
+                    preprocess=preprocess_imagenet)
 
 
 MODELS: dict[str, ModelEntry] = {

@@ -111,3 +111,16 @@ def read_state_dict(path) -> dict[str, np.ndarray]:
     state = torch.load(str(path), map_location="cpu", weights_only=True)
     return {key: value.numpy() for key, value in state.items()}
   raise ValueError(f"{path.name}: expected a .safetensors or .pth file.")
+
+
+def convert_into_workdir(model: str, weights, workdir) -> pathlib.Path:
+  """Converts the state dict at `weights` for `model` into WORKDIR/model_checkpoint."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from mpq_jax import models  # pylint: disable=g-import-not-at-top
+  from mpq_jax import store  # pylint: disable=g-import-not-at-top
+  module = models.get_model_entry(model).build(nnx.Rngs(0))
+  variables = torchvision_to_nnx(read_state_dict(weights),
+                                 nnx.to_pure_dict(nnx.state(module)))
+  checkpoint = pathlib.Path(workdir) / "model_checkpoint"
+  store.save_checkpoint(checkpoint, variables)
+  return checkpoint
