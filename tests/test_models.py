@@ -13,7 +13,9 @@ from mpq_jax import pipeline
 from mpq_jax import spec as spec_lib
 from mpq_jax.models import demo_cnn
 from mpq_jax.models import folding
+from mpq_jax.models import mobilenet
 from mpq_jax.models import resnet
+from mpq_jax.models import vgg
 
 
 @pytest.mark.parametrize("build, parameters, layers", [
@@ -224,3 +226,40 @@ def test_mock_imagenet_end_to_end_at_reduced_resolution(resnet18_variables,
   assert 0.0 <= report["fp_top1"] <= 100.0
   assert len(report["uniform"]) == 7
   print(f"mock ImageNet end to end: {seconds:.1f} s")
+
+
+@pytest.mark.parametrize("build, parameters, layers, tensors, sample_keys", [
+    # torchvision's state dicts, less their num_batches_tracked counters.
+    (vgg.vgg16, 138_357_544, 16, 32,
+     {"features.0.weight": (64, 3, 3, 3), "features.28.bias": (512,),
+      "classifier.0.weight": (4096, 25088), "classifier.6.weight": (1000, 4096)}),
+    (vgg.vgg16_bn, 138_365_992, 16, 84,
+     {"features.1.running_var": (64,), "features.40.weight": (512, 512, 3, 3),
+      "classifier.3.weight": (4096, 4096)}),
+    (mobilenet.mobilenet_v2, 3_504_872, 53, 262,
+     {"features.0.0.weight": (32, 3, 3, 3),
+      "features.1.conv.0.0.weight": (32, 1, 3, 3),
+      "features.2.conv.2.weight": (24, 96, 1, 1),
+      "features.18.1.running_mean": (1280,),
+      "classifier.1.weight": (1000, 1280)}),
+])
+def test_vgg_and_mobilenet_match_torchvision(build, parameters, layers,
+                                             tensors, sample_keys):
+  from mpq_jax.models import convert  # pylint: disable=g-import-not-at-top
+  model = build(rngs=nnx.Rngs(0))
+  assert sum(int(np.size(leaf)) for leaf in
+             jax.tree.leaves(nnx.state(model, nnx.Param))) == parameters
+  state = convert.nnx_to_torchvision(nnx.to_pure_dict(nnx.state(model)))
+  assert len(state) == tensors
+  for key, shape in sample_keys.items():
+    assert state[key].shape == shape
+  randomize_batch_norm(model)
+  model.eval()
+  apply_fn, params = nnx_adapter.functional_model(model)
+  images = jax.random.normal(jax.random.key(4), (2, 32, 32, 3))
+  spec = spec_lib.build_layer_spec(apply_fn, params, images[:1])
+  assert spec.num_layers == layers  # every conv and linear layer
+  before = model(images)
+  folding.fold_batch_norm(model)
+  assert float(jnp.max(jnp.abs(model(images) - before))) <= 1e-5 * float(
+      jnp.max(jnp.abs(before))) + 1e-6

@@ -10,7 +10,9 @@ from flax import nnx
 
 from mpq_jax.data import imagenet
 from mpq_jax.models import demo_cnn
+from mpq_jax.models import mobilenet
 from mpq_jax.models import resnet
+from mpq_jax.models import vgg
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 IMAGENET_SHAPE = (224, 224, 3)
@@ -75,7 +77,10 @@ MODELS: dict[str, ModelEntry] = {
     ),
     **{name: _imagenet_entry(name, build)
        for name, build in (("resnet18", resnet.resnet18),
-                           ("resnet50", resnet.resnet50))},
+                           ("resnet50", resnet.resnet50),
+                           ("vgg16", vgg.vgg16),
+                           ("vgg16_bn", vgg.vgg16_bn),
+                           ("mobilenet_v2", mobilenet.mobilenet_v2))},
 }
 
 
