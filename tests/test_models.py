@@ -13,6 +13,7 @@ from mpq_jax import pipeline
 from mpq_jax import spec as spec_lib
 from mpq_jax.models import demo_cnn
 from mpq_jax.models import folding
+from mpq_jax.models import googlenet
 from mpq_jax.models import mobilenet
 from mpq_jax.models import resnet
 from mpq_jax.models import vgg
@@ -261,5 +262,38 @@ def test_vgg_and_mobilenet_match_torchvision(build, parameters, layers,
   assert spec.num_layers == layers  # every conv and linear layer
   before = model(images)
   folding.fold_batch_norm(model)
+  assert float(jnp.max(jnp.abs(model(images) - before))) <= 1e-5 * float(
+      jnp.max(jnp.abs(before))) + 1e-6
+
+
+def test_googlenet_matches_torchvision_and_reproduces_transform_input():
+  from mpq_jax import models  # pylint: disable=g-import-not-at-top
+  from mpq_jax.data import imagenet  # pylint: disable=g-import-not-at-top
+  from mpq_jax.models import convert  # pylint: disable=g-import-not-at-top
+  model = models.get_model_entry("googlenet").build(nnx.Rngs(0))
+  assert model.transform_input  # as torchvision builds it for its weights
+  assert sum(int(np.size(leaf)) for leaf in
+             jax.tree.leaves(nnx.state(model, nnx.Param))) == 6_624_904
+  state = convert.nnx_to_torchvision(nnx.to_pure_dict(nnx.state(model)))
+  assert len(state) == 287  # torchvision's 344 less 57 counters
+  assert state["inception3a.branch4.1.conv.weight"].shape == (32, 192, 1, 1)
+  assert state["inception5b.branch3.1.conv.weight"].shape == (128, 48, 3, 3)
+  apply_fn, params = nnx_adapter.functional_model(model)
+  spec = spec_lib.build_layer_spec(apply_fn, params, jnp.zeros((1, 64, 64, 3)))
+  assert spec.num_layers == 58  # 57 convs + fc: the paper's 58 bars
+  # transform_input turns ImageNet-normalized pixels p into (p - 0.5) / 0.5.
+  pixels = np.array([0.1, 0.5, 0.9], np.float32)
+  normalized = (pixels - imagenet.MEAN) / imagenet.STD
+  np.testing.assert_allclose(model._transform(jnp.asarray(normalized)),
+                             (pixels - 0.5) / 0.5, atol=1e-6)
+  # torchvision's ceil-mode pooling sizes: 112 -> 56, 28 -> 14, 14 -> 7.
+  for size, kernel, expected in ((112, 3, 56), (28, 3, 14), (14, 2, 7)):
+    pooled = googlenet.CeilMaxPool(kernel, 2)(jnp.ones((1, size, size, 1)))
+    assert pooled.shape[1] == expected
+  randomize_batch_norm(model)
+  model.eval()
+  images = jax.random.normal(jax.random.key(4), (1, 64, 64, 3))
+  before = model(images)
+  assert folding.fold_batch_norm(model) == 57
   assert float(jnp.max(jnp.abs(model(images) - before))) <= 1e-5 * float(
       jnp.max(jnp.abs(before))) + 1e-6

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable
 
 import numpy as np
@@ -10,6 +11,7 @@ from flax import nnx
 
 from mpq_jax.data import imagenet
 from mpq_jax.models import demo_cnn
+from mpq_jax.models import googlenet
 from mpq_jax.models import mobilenet
 from mpq_jax.models import resnet
 from mpq_jax.models import vgg
@@ -80,7 +82,11 @@ MODELS: dict[str, ModelEntry] = {
                            ("resnet50", resnet.resnet50),
                            ("vgg16", vgg.vgg16),
                            ("vgg16_bn", vgg.vgg16_bn),
-                           ("mobilenet_v2", mobilenet.mobilenet_v2))},
+                           ("mobilenet_v2", mobilenet.mobilenet_v2),
+                           # torchvision's ImageNet weights expect its
+                           # input re-normalization (transform_input=True).
+                           ("googlenet", functools.partial(
+                               googlenet.googlenet, transform_input=True)))},
 }
 
 
