@@ -46,6 +46,12 @@ flags.DEFINE_integer("train_epochs", None, "Epochs for a model trained here.")
 flags.DEFINE_bool("random_init", False,
                   "Random weights and synthetic images: a throughput or smoke"
                   " run whose accuracies mean nothing.")
+flags.DEFINE_string("weights", None,
+                    "torchvision weights (.safetensors or .pth) to import into"
+                    " the workdir on first use.")
+flags.DEFINE_enum("layers", "all", ["all", "paper"],
+                  "Quantized layers: every conv and linear kernel, or the"
+                  " paper's counts (ResNets without downsample convs).")
 flags.DEFINE_bool("fold_batch_norm", True,
                   "Fold batch norm into the preceding convolutions before"
                   " quantizing (as deployment does).")
@@ -106,6 +112,8 @@ def config_from_flags() -> pipeline.RunConfig:
       train_epochs=FLAGS.train_epochs,
       random_init=FLAGS.random_init,
       fold_batch_norm=FLAGS.fold_batch_norm,
+      weights=FLAGS.weights,
+      layers=FLAGS.layers,
       input_size=FLAGS.input_size,
       budget_mb=_floats(FLAGS.budget_mb, "--budget_mb"),
       compression=_floats(FLAGS.compression, "--compression"),

@@ -37,12 +37,20 @@ from mpq_jax import search
 from mpq_jax import spec as spec_lib
 from mpq_jax import store
 from mpq_jax.data import pipeline as data_pipeline
+from mpq_jax.models import convert
 from mpq_jax.models import folding
 from mpq_jax.models import training
 
 STAGES = ("model", "bit_range", "sampling", "allocator", "sweep", "compare",
           "export", "report")
 METHODS = ("mlp", "uniform", "best_sampled", "greedy", "zeroq", "hawq")
+# The paper's figures count ResNet-50 as 50 layers: its 4 downsample (1x1
+# shortcut) convolutions are not among them; every other count agrees.
+LAYER_SELECTIONS = {
+    "all": spec_lib.is_weight_kernel,
+    "paper": lambda name, leaf: (spec_lib.is_weight_kernel(name, leaf)
+                                 and "downsample" not in name),
+}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -78,6 +86,11 @@ class RunConfig:
   # Fold batch norm into the preceding convolutions before quantizing, as
   # deployment does.
   fold_batch_norm: bool = True
+  # A torchvision state dict (.safetensors or .pth) to import on first use.
+  weights: str | None = None
+  # "all": every conv and linear kernel; "paper": the paper's layer counts
+  # (ResNets without their downsample convolutions).
+  layers: str = "all"
   # Budgets for the side-by-side comparison; both None: the chosen MLP
   # allocation's size and the uniform sizes inside the bit range.
   budget_mb: tuple[float, ...] | None = None
@@ -177,6 +190,11 @@ class Run:
     The checkpoint holds every variable (batch-norm statistics too), unfolded.
     """
     checkpoint = self.path("model_checkpoint")
+    if self.config.weights and not checkpoint.exists():
+      if distributed.is_primary():
+        convert.convert_into_workdir(self.config.model, self.config.weights,
+                                     self.workdir)
+      distributed.barrier("weights converted")
     if checkpoint.exists():
       state = store.restore_checkpoint(checkpoint,
                                        nnx.to_pure_dict(nnx.state(module)))
@@ -213,7 +231,12 @@ class Run:
   @functools.cached_property
   def spec(self) -> spec_lib.LayerSpec:
     example = jnp.zeros((1,) + self.input_shape, jnp.float32)
-    spec = spec_lib.build_layer_spec(self.apply_fn, self.params, example)
+    if self.config.layers not in LAYER_SELECTIONS:
+      raise ValueError(f"--layers={self.config.layers}: choose one of"
+                       f" {', '.join(LAYER_SELECTIONS)}.")
+    spec = spec_lib.build_layer_spec(self.apply_fn, self.params, example,
+                                     select=LAYER_SELECTIONS[
+                                         self.config.layers])
     spec_lib.check_finite_params(self.params, spec)
     return spec
 
@@ -362,7 +385,9 @@ class Run:
                 "tolerance_pp": self.config.tolerance_pp,
                 "calib_size": self.config.calib_size, "seed": self.config.seed,
                 "per_channel": self.config.per_channel,
-                "activation_bits": self.config.activation_bits}
+                "activation_bits": self.config.activation_bits,
+                "layer_names": list(self.spec.names),
+                "params_digest": params_digest(self.params)}
     record = store.read_json(self.path("bit_range.json"))
     if record is not None and record.get("settings") == settings:
       return self._reuse(record)

@@ -297,3 +297,29 @@ def test_googlenet_matches_torchvision_and_reproduces_transform_input():
   assert folding.fold_batch_norm(model) == 57
   assert float(jnp.max(jnp.abs(model(images) - before))) <= 1e-5 * float(
       jnp.max(jnp.abs(before))) + 1e-6
+
+
+def test_weights_flag_imports_and_paper_layer_counts(resnet18_variables,
+                                                    tmp_path):
+  import safetensors.numpy  # pylint: disable=g-import-not-at-top
+  from mpq_jax.models import convert  # pylint: disable=g-import-not-at-top
+  model, variables = resnet18_variables
+  weights = tmp_path / "resnet18.safetensors"
+  safetensors.numpy.save_file(convert.nnx_to_torchvision(variables),
+                              str(weights))
+  run = pipeline.Run(pipeline.RunConfig(
+      model="resnet18", workdir=str(tmp_path / "run"),
+      data_dir=str(tmp_path / "tfds"), weights=str(weights), layers="paper",
+      input_size=32))
+  images = jax.random.normal(jax.random.key(2), (2, 32, 32, 3))
+  model.eval()
+  np.testing.assert_allclose(run.apply_fn(run.params, images), model(images),
+                             rtol=1e-4, atol=1e-4)
+  assert (tmp_path / "run" / "model_checkpoint").exists()
+  # The paper's count: the 3 downsample convolutions are left out.
+  assert run.spec.num_layers == 18
+  assert not any("downsample" in name for name in run.spec.names)
+  with pytest.raises(ValueError, match="--layers=some: choose one of all"):
+    pipeline.Run(pipeline.RunConfig(model="resnet18", random_init=True,
+                                    workdir=str(tmp_path / "r"),
+                                    layers="some")).spec
