@@ -129,8 +129,8 @@ def make_kl_evaluator(
   device of every process) with shard_map; the parameters and calibration
   images are replicated. On each device `lax.map` walks its share
   `vmap_width` at a time, so memory stays that of `vmap_width` forward passes
-  whatever C is. On XLA CPU a width of 1 is reported fastest (vmapped weights become
-  grouped convolutions); accelerators may prefer more. With
+  whatever C is. On XLA CPU a width of 1 is reported fastest (vmapped
+  weights become grouped convolutions); accelerators may prefer more. With
   `vmap_width=None` the width is planned from the compiled program's memory
   analysis (`plan_vmap_width`): 1 on CPU, on accelerators the widest that
   fits `memory_budget_bytes` (default: half the device's memory), at most
