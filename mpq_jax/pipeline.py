@@ -326,15 +326,30 @@ class Run:
         self.quantized_apply, self.params, self.eval_batches(),
         self.spec.num_layers, batch_size=self.config.eval_batch_size)
 
+  @property
+  def size_options(self) -> dict:
+    """How this run counts bytes (metrics.model_bytes keyword arguments)."""
+    return dict(per_channel=self.config.per_channel,
+                quantize_activations=self.config.activation_bits > 0)
+
   def size_record(self, bits) -> dict:
     """Sizes of one allocation, every figure from mpq_jax.metrics."""
-    options = dict(per_channel=self.config.per_channel,
-                   quantize_activations=self.config.activation_bits > 0)
     return {
-        "bytes": metrics.model_bytes(bits, self.spec, **options),
-        "compression": metrics.compression(bits, self.spec, **options),
+        "bytes": metrics.model_bytes(bits, self.spec, **self.size_options),
+        "compression": metrics.compression(bits, self.spec,
+                                           **self.size_options),
         "weight_compression": metrics.weight_compression(bits, self.spec),
     }
+
+  def sample_bytes(self, bit_rows) -> np.ndarray:
+    """Model bytes of every row of a [S, L] bit array."""
+    return np.array([metrics.model_bytes(bits, self.spec, **self.size_options)
+                     for bits in bit_rows])
+
+  @functools.cached_property
+  def params_digest(self) -> str:
+    # Hashing every weight takes a while on large models: once per run.
+    return params_digest(self.params)
 
   def measure(self, bit_rows) -> list[dict]:
     """KL on the calibration images, top-1 on the eval split, and sizes.
@@ -371,7 +386,7 @@ class Run:
         "layer_params": list(spec.num_params),
         "total_params": spec.total_params,
         "fp_bytes": metrics.full_precision_bytes(spec),
-        "params_digest": params_digest(self.params),
+        "params_digest": self.params_digest,
         "random_init": self.config.random_init,
         "input_shape": list(self.input_shape),
         "batch_norms_folded": self.batch_norms_folded,
@@ -387,7 +402,7 @@ class Run:
                 "per_channel": self.config.per_channel,
                 "activation_bits": self.config.activation_bits,
                 "layer_names": list(self.spec.names),
-                "params_digest": params_digest(self.params)}
+                "params_digest": self.params_digest}
     record = store.read_json(self.path("bit_range.json"))
     if record is not None and record.get("settings") == settings:
       return self._reuse(record)
@@ -411,7 +426,7 @@ class Run:
   def stage_sampling(self) -> dict:
     bit_range = self._require("bit_range.json", "bit_range")["bit_range"]
     settings = self.config.sampling_settings(self.spec, bit_range,
-                                             params_digest(self.params))
+                                             self.params_digest)
     sample_store = store.SampleStore(self.path("samples"), settings)
     all_bits, all_kl = [], []
     chunks = list(sampling.chunk_starts(self.config.num_samples,
@@ -443,11 +458,7 @@ class Run:
     if distributed.is_primary():
       np.savez(self.path("samples.npz"), bits=bits, kl=kl)
     distributed.barrier("samples written")
-    sizes = [metrics.model_bytes(b, self.spec,
-                                 per_channel=self.config.per_channel,
-                                 quantize_activations=
-                                 self.config.activation_bits > 0)
-             for b in bits]
+    sizes = self.sample_bytes(bits)
     record = {"num_samples": len(kl), "bit_range": bit_range,
               "kl_min": float(kl.min()), "kl_max": float(kl.max()),
               "kl_size_spearman": metrics.spearman_correlation(sizes, kl)}
@@ -530,7 +541,7 @@ class Run:
         queries])
     allocated = allocator_lib.allocate_bits(trained, targets)
     distinct = np.unique(allocated, axis=0)
-    sample_sizes = [self.size_record(b)["bytes"] for b in bits]
+    sample_sizes = self.sample_bytes(bits)
     measured = {}
     for row, record in zip(distinct, self.measure(distinct)):
       record["dominated_fraction"] = metrics.dominated_fraction(
@@ -552,9 +563,8 @@ class Run:
     return record
 
   def size_table(self, bit_range) -> budget_lib.SizeTable:
-    return budget_lib.size_table(
-        self.spec, tuple(bit_range), per_channel=self.config.per_channel,
-        quantize_activations=self.config.activation_bits > 0)
+    return budget_lib.size_table(self.spec, tuple(bit_range),
+                                 **self.size_options)
 
   def budgets(self, table: budget_lib.SizeTable,
               best: dict | None) -> list[tuple[str, int]]:
@@ -759,7 +769,7 @@ class Run:
       report["comparisons"] = compared["comparisons"]
       report["mlp_gap_pp"] = compared["mlp_gap_pp"]
     bits, kl = self._samples()
-    sample_sizes = np.asarray([self.size_record(b)["bytes"] for b in bits])
+    sample_sizes = self.sample_bytes(bits)
     report["figures"] = []
     if distributed.is_primary():
       report["figures"] = report_lib.write_figures(self.workdir, report,

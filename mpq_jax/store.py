@@ -6,7 +6,6 @@ so a run killed at any moment leaves either the old file or the new one.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pathlib
@@ -70,12 +69,6 @@ def restore_checkpoint(path, like: Any) -> Any:
   with ocp.StandardCheckpointer(multiprocessing_options=_this_process_only()
                                 ) as checkpointer:
     return checkpointer.restore(path, abstract)
-
-
-def settings_fingerprint(settings: dict) -> str:
-  """A short stable hash of JSON-able settings."""
-  text = json.dumps(settings, sort_keys=True)
-  return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 class SampleStore:
