@@ -13,6 +13,7 @@ from absl import flags
 from absl import logging
 
 from mpq_jax import distributed
+from mpq_jax import models
 from mpq_jax import pipeline
 
 FLAGS = flags.FLAGS
@@ -75,6 +76,7 @@ flags.DEFINE_integer("hutchinson_samples", None,
 
 def config_from_flags() -> pipeline.RunConfig:
   """The model's config file, overridden by any flag given."""
+  models.get_model_entry(FLAGS.model)  # an unknown name fails here, clearly
   try:
     defaults = importlib.import_module(
         f"experiments.configs.{FLAGS.model}").get_config()

@@ -11,20 +11,8 @@ its figures). Not yet measured here: no ImageNet and no GPU on the
 development machine.
 """
 
-import ml_collections
+from experiments.configs import imagenet
 
 
-def get_config() -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict()
-  config.model = "resnet50"
-  config.num_samples = 1200
-  config.calib_size = 50
-  config.seed = 0
-  config.sampler = "graded"
-  config.bit_range = ""  # the paper's rule from a uniform sweep
-  config.beta = 1.0
-  config.tolerance_pp = 0.1
-  config.activation_bits = 8
-  config.chunk_size = 64
-  config.vmap_width = 0  # planned from the device's memory
-  return config
+def get_config():
+  return imagenet.imagenet_config("resnet50")
