@@ -59,12 +59,7 @@ def test_folded_logits_equal_unfolded_ones(build, convolutions):
   randomize_batch_norm(model)
   model.eval()
   images = jax.random.normal(jax.random.key(9), (2, 32, 32, 3))
-  before = model(images)
-  assert folding.fold_batch_norm(model) == convolutions
-  after = model(images)
-  # float32 precision, relative to the logits' scale
-  assert float(jnp.max(jnp.abs(after - before))) <= 1e-5 * float(
-      jnp.max(jnp.abs(before)))
+  assert_folding_keeps_logits(model, images, convolutions)
   assert not any(isinstance(node, nnx.BatchNorm)
                  for _, node in nnx.iter_graph(model))
   # Every folded convolution now carries a bias.
@@ -115,6 +110,25 @@ def resnet18_variables():
   return model, nnx.to_pure_dict(nnx.state(model))
 
 
+@pytest.fixture()
+def resnet18_safetensors(resnet18_variables, tmp_path):
+  """resnet18_variables saved as a torchvision state dict in safetensors."""
+  import safetensors.numpy  # pylint: disable=g-import-not-at-top
+  from mpq_jax.models import convert  # pylint: disable=g-import-not-at-top
+  path = tmp_path / "resnet18.safetensors"
+  safetensors.numpy.save_file(
+      convert.nnx_to_torchvision(resnet18_variables[1]), str(path))
+  return path
+
+
+def assert_folding_keeps_logits(model, images, folds, atol=0.0):
+  """Folding makes `folds` folds and keeps the logits to float32 precision."""
+  before = model(images)
+  assert folding.fold_batch_norm(model) == folds
+  assert float(jnp.max(jnp.abs(model(images) - before))) <= 1e-5 * float(
+      jnp.max(jnp.abs(before))) + atol
+
+
 def test_torchvision_keys_and_shapes_both_ways(resnet18_variables):
   from mpq_jax.models import convert  # pylint: disable=g-import-not-at-top
   model, variables = resnet18_variables
@@ -160,13 +174,12 @@ def test_bad_state_dicts_name_the_problem(resnet18_variables, tmp_path):
 
 
 def test_converted_safetensors_load_into_the_pipeline(resnet18_variables,
+                                                       resnet18_safetensors,
                                                        tmp_path):
-  import safetensors.numpy  # pylint: disable=g-import-not-at-top
   from mpq_jax.models import convert  # pylint: disable=g-import-not-at-top
-  model, variables = resnet18_variables
-  path = tmp_path / "resnet18.safetensors"
-  safetensors.numpy.save_file(convert.nnx_to_torchvision(variables), str(path))
-  convert.convert_into_workdir("resnet18", path, tmp_path / "run")
+  model, _ = resnet18_variables
+  convert.convert_into_workdir("resnet18", resnet18_safetensors,
+                               tmp_path / "run")
   run = pipeline.Run(pipeline.RunConfig(model="resnet18",
                                         workdir=str(tmp_path / "run"),
                                         data_dir=str(tmp_path / "tfds")))
@@ -203,17 +216,13 @@ def test_imagenet_eval_transform_on_mock_imagenet():
   assert np.all(crop[1:-1, 1:-1] == crop[112, 112])
 
 
-def test_mock_imagenet_end_to_end_at_reduced_resolution(resnet18_variables,
+def test_mock_imagenet_end_to_end_at_reduced_resolution(resnet18_safetensors,
                                                         tmp_path):
   import time  # pylint: disable=g-import-not-at-top
-  import safetensors.numpy  # pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from mpq_jax.models import convert  # pylint: disable=g-import-not-at-top
-  _, variables = resnet18_variables
-  weights = tmp_path / "resnet18.safetensors"
-  safetensors.numpy.save_file(convert.nnx_to_torchvision(variables),
-                              str(weights))
-  convert.convert_into_workdir("resnet18", weights, tmp_path / "run")
+  convert.convert_into_workdir("resnet18", resnet18_safetensors,
+                               tmp_path / "run")
   started = time.perf_counter()
   with tfds.testing.mock_data(num_examples=16):
     report = pipeline.run(pipeline.RunConfig(
@@ -229,22 +238,23 @@ def test_mock_imagenet_end_to_end_at_reduced_resolution(resnet18_variables,
   print(f"mock ImageNet end to end: {seconds:.1f} s")
 
 
-@pytest.mark.parametrize("build, parameters, layers, tensors, sample_keys", [
+@pytest.mark.parametrize(
+    "build, parameters, layers, folds, tensors, sample_keys", [
     # torchvision's state dicts, less their num_batches_tracked counters.
-    (vgg.vgg16, 138_357_544, 16, 32,
+    (vgg.vgg16, 138_357_544, 16, 0, 32,
      {"features.0.weight": (64, 3, 3, 3), "features.28.bias": (512,),
       "classifier.0.weight": (4096, 25088), "classifier.6.weight": (1000, 4096)}),
-    (vgg.vgg16_bn, 138_365_992, 16, 84,
+    (vgg.vgg16_bn, 138_365_992, 16, 13, 84,
      {"features.1.running_var": (64,), "features.40.weight": (512, 512, 3, 3),
       "classifier.3.weight": (4096, 4096)}),
-    (mobilenet.mobilenet_v2, 3_504_872, 53, 262,
+    (mobilenet.mobilenet_v2, 3_504_872, 53, 52, 262,
      {"features.0.0.weight": (32, 3, 3, 3),
       "features.1.conv.0.0.weight": (32, 1, 3, 3),
       "features.2.conv.2.weight": (24, 96, 1, 1),
       "features.18.1.running_mean": (1280,),
       "classifier.1.weight": (1000, 1280)}),
 ])
-def test_vgg_and_mobilenet_match_torchvision(build, parameters, layers,
+def test_vgg_and_mobilenet_match_torchvision(build, parameters, layers, folds,
                                              tensors, sample_keys):
   from mpq_jax.models import convert  # pylint: disable=g-import-not-at-top
   model = build(rngs=nnx.Rngs(0))
@@ -260,10 +270,7 @@ def test_vgg_and_mobilenet_match_torchvision(build, parameters, layers,
   images = jax.random.normal(jax.random.key(4), (2, 32, 32, 3))
   spec = spec_lib.build_layer_spec(apply_fn, params, images[:1])
   assert spec.num_layers == layers  # every conv and linear layer
-  before = model(images)
-  folding.fold_batch_norm(model)
-  assert float(jnp.max(jnp.abs(model(images) - before))) <= 1e-5 * float(
-      jnp.max(jnp.abs(before))) + 1e-6
+  assert_folding_keeps_logits(model, images, folds, atol=1e-6)
 
 
 def test_googlenet_matches_torchvision_and_reproduces_transform_input():
@@ -293,23 +300,17 @@ def test_googlenet_matches_torchvision_and_reproduces_transform_input():
   randomize_batch_norm(model)
   model.eval()
   images = jax.random.normal(jax.random.key(4), (1, 64, 64, 3))
-  before = model(images)
-  assert folding.fold_batch_norm(model) == 57
-  assert float(jnp.max(jnp.abs(model(images) - before))) <= 1e-5 * float(
-      jnp.max(jnp.abs(before))) + 1e-6
+  assert_folding_keeps_logits(model, images, 57, atol=1e-6)
 
 
 def test_weights_flag_imports_and_paper_layer_counts(resnet18_variables,
+                                                    resnet18_safetensors,
                                                     tmp_path):
-  import safetensors.numpy  # pylint: disable=g-import-not-at-top
-  from mpq_jax.models import convert  # pylint: disable=g-import-not-at-top
-  model, variables = resnet18_variables
-  weights = tmp_path / "resnet18.safetensors"
-  safetensors.numpy.save_file(convert.nnx_to_torchvision(variables),
-                              str(weights))
+  model, _ = resnet18_variables
   run = pipeline.Run(pipeline.RunConfig(
       model="resnet18", workdir=str(tmp_path / "run"),
-      data_dir=str(tmp_path / "tfds"), weights=str(weights), layers="paper",
+      data_dir=str(tmp_path / "tfds"), weights=str(resnet18_safetensors),
+      layers="paper",
       input_size=32))
   images = jax.random.normal(jax.random.key(2), (2, 32, 32, 3))
   model.eval()

@@ -12,7 +12,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mpq_jax.models import layers
 
 IMAGENET_CLASSES = 1000
 _MEAN = (0.485, 0.456, 0.406)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 
@@ -58,5 +57,3 @@ def flatten_like_torch(x: jax.Array) -> jax.Array:
   """Flattens NHWC in torchvision's NCHW order, so linear weights line up."""
   return jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)
 
-
-del np
