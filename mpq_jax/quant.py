@@ -54,7 +54,10 @@ def symmetric_codes(
   """Integer codes in [-(2**(b-1)-1), 2**(b-1)-1] and their scale."""
   scale = symmetric_scale(weights, bits, channel_axis)
   max_code = symmetric_max_code(bits)
-  codes = jnp.clip(jnp.round(weights / scale), -max_code, max_code)
+  # One reciprocal, then a multiplication (see quantize_asymmetric): the
+  # weight tables and the in-program quantizer then give the same codes.
+  inverse_scale = 1.0 / scale
+  codes = jnp.clip(jnp.round(weights * inverse_scale), -max_code, max_code)
   return codes.astype(jnp.int32), scale
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, Iterator
 
 import jax
@@ -107,6 +108,192 @@ def global_array(value, mesh: jax.sharding.Mesh, spec) -> jax.Array:
                                       lambda index: value[index])
 
 
+DEFAULT_TABLE_BITS = tuple(range(2, 9))
+DEFAULT_MAX_TABLE_BYTES = 4 << 30
+
+
+def quantized_weight_tables(params: Any, spec: spec_lib.LayerSpec,
+                            table_bits, *, per_channel: bool = False
+                            ) -> list[jax.Array]:
+  """Every quantized kernel at every bit-width of `table_bits`: [K, *shape] each.
+
+  The sampler draws thousands of configurations from a handful of bit-widths
+  per layer, so each layer has only K distinct quantized kernels: computing
+  them once and picking one per configuration replaces a max-reduction,
+  division, rounding and clipping over every weight of every configuration by
+  a copy.
+  """
+  leaves = jax.tree.leaves(params)
+  channel_axis = -1 if per_channel else None
+
+  # The bit-width is traced, as in the per-configuration program, so that
+  # XLA compiles the same arithmetic (a constant divisor may become a
+  # multiplication by its reciprocal) and the tables hold the same codes.
+  quantize = jax.jit(lambda kernel, bits: quant.quantize_symmetric(
+      kernel, bits, channel_axis))
+  return [jnp.stack([quantize(leaves[index], jnp.int32(bits))
+                     for bits in table_bits])
+          for index in spec.leaf_indices]
+
+
+class KLEvaluator:
+  """`kl_of(bits [C, L]) -> Omega [C]`: the KL divergence of many configurations.
+
+  Built by `make_kl_evaluator` (see there); callable. Compiled programs are
+  kept per (vmap width, weight source), so changing `vmap_width` after a
+  measurement (`configs_per_second`) costs one compilation, not a rebuild.
+  """
+
+  def __init__(self, apply_fn, params, spec, calibration_images, *,
+               activation_ranges, activation_bits, per_channel, chunk_size,
+               vmap_width, mesh, memory_budget_bytes, max_vmap_width,
+               table_bits, max_table_bytes, compute_dtype):
+    activations.check_calibration_images(calibration_images)
+    self.spec = spec
+    self.mesh = config_mesh() if mesh is None else mesh
+    self.num_devices = self.mesh.devices.size
+    # Each device takes an equal share of a chunk.
+    self.chunk_size = -(-chunk_size // self.num_devices) * self.num_devices
+    self.compute_dtype = jnp.dtype(compute_dtype)
+    self._activation_quantized = activations.make_activation_quantized_apply(
+        apply_fn, spec, activation_ranges, activation_bits)
+    self._per_channel = per_channel
+    self._replicated = jax.sharding.PartitionSpec()
+    self._by_config = jax.sharding.PartitionSpec(CONFIG_AXIS)
+    to_global = lambda tree: jax.tree.map(
+        lambda leaf: global_array(leaf, self.mesh, self._replicated), tree)
+    self.params = to_global(params)
+    self.images = to_global(np.asarray(calibration_images))
+    self.reference_logits = to_global(np.asarray(jax.jit(apply_fn)(
+        jax.tree.map(np.asarray, params), np.asarray(calibration_images))))
+    # Bit-width b of a layer sits at row table_row[b] of its table (-1: none).
+    self.table_bits = tuple(sorted(set(int(b) for b in table_bits)))
+    table_bytes = len(self.table_bits) * 4 * sum(spec.num_params)
+    if self.table_bits and table_bytes > max_table_bytes:
+      logging.info("weight tables need %.0f MB > %.0f MB: re-quantizing per"
+                   " configuration instead", table_bytes / 1e6,
+                   max_table_bytes / 1e6)
+      self.table_bits = ()
+    self.tables = None
+    if self.table_bits:
+      self.tables = to_global([np.asarray(t) for t in quantized_weight_tables(
+          params, spec, self.table_bits, per_channel=per_channel)])
+    table_row = np.full(quant.MAX_BITS + 1, -1, np.int32)
+    table_row[list(self.table_bits)] = np.arange(len(self.table_bits))
+    self._table_row = table_row
+    self._programs: dict = {}
+    if vmap_width is None:
+      vmap_width = self._planned_width(memory_budget_bytes, max_vmap_width)
+      logging.info("vmap width %d (planned from memory analysis)", vmap_width)
+    self.vmap_width = int(vmap_width)
+
+  # --- one configuration -----------------------------------------------------
+
+  def _weights(self, params, tables, bits):
+    """The parameters with every quantized kernel at `bits` (traced)."""
+    if tables is None:
+      quantized = spec_lib.quantize_params(params, bits, self.spec,
+                                           per_channel=self._per_channel)
+    else:
+      leaves, treedef = jax.tree.flatten(params)
+      rows = jnp.asarray(self._table_row)[bits]
+      for layer, index in enumerate(self.spec.leaf_indices):
+        leaves[index] = tables[layer][rows[layer]]
+      quantized = jax.tree.unflatten(treedef, leaves)
+    if self.compute_dtype != jnp.float32:
+      quantized = jax.tree.map(
+          lambda leaf: leaf.astype(self.compute_dtype)
+          if jnp.issubdtype(leaf.dtype, jnp.floating) else leaf, quantized)
+    return quantized
+
+  def kl_one(self, params, tables, bits, images, reference):
+    """Omega of one configuration: pure, for jit, vmap and lax.map."""
+    weights = self._weights(params, tables, bits)
+    logits = self._activation_quantized(weights,
+                                        images.astype(self.compute_dtype))
+    return metrics.kl_divergence(reference, logits.astype(jnp.float32))
+
+  # --- many configurations ---------------------------------------------------
+
+  def _program(self, width: int, use_tables: bool):
+    key = (width, use_tables)
+    if key not in self._programs:
+      def kl_of_local_configs(params, tables, bit_configs, images, reference):
+        one = lambda bits: self.kl_one(params, tables, bits, images, reference)
+        return jax.lax.map(one, bit_configs, batch_size=width)
+
+      replicated, by_config = self._replicated, self._by_config
+      self._programs[key] = jax.jit(
+          jax.shard_map(kl_of_local_configs, mesh=self.mesh,
+                        in_specs=(replicated, replicated, by_config,
+                                  replicated, replicated),
+                        out_specs=by_config,
+                        # The activation hook rebinds primitives one by one,
+                        # which the varying-axes checker cannot follow.
+                        check_vma=False),
+          # Every process reads every KL back.
+          out_shardings=jax.sharding.NamedSharding(self.mesh, replicated))
+    return self._programs[key]
+
+  def _arguments(self, bit_configs: np.ndarray, use_tables: bool):
+    return (self.params, self.tables if use_tables else None,
+            global_array(bit_configs, self.mesh, self._by_config),
+            self.images, self.reference_logits)
+
+  def _planned_width(self, memory_budget_bytes, max_width) -> int:
+    example = np.full((self.chunk_size, self.spec.num_layers),
+                      max(self.table_bits or (8,)), np.int32)
+    use_tables = self.tables is not None
+    temp_bytes = lambda width: self._program(width, use_tables).lower(
+        *self._arguments(example, use_tables)).compile(
+        ).memory_analysis().temp_size_in_bytes
+    return plan_vmap_width(temp_bytes, self.mesh.devices.flat[0],
+                           self.chunk_size // self.num_devices,
+                           memory_budget_bytes=memory_budget_bytes,
+                           max_width=max_width)
+
+  def uses_tables(self, bit_configs: np.ndarray) -> bool:
+    """Whether every bit-width of these configurations has a weight table."""
+    return self.tables is not None and bool(
+        np.all(self._table_row[bit_configs] >= 0))
+
+  def __call__(self, bit_configs) -> np.ndarray:
+    bit_configs = quant.check_weight_bits(bit_configs, self.spec.num_layers)
+    count = bit_configs.shape[0]
+    if count == 0:
+      return np.zeros(0, np.float32)
+    use_tables = self.uses_tables(bit_configs)
+    program = self._program(self.vmap_width, use_tables)
+    padded = -(-count // self.chunk_size) * self.chunk_size
+    bit_configs = np.concatenate(
+        [bit_configs, np.repeat(bit_configs[-1:], padded - count, axis=0)])
+    # Every chunk is dispatched before any result is read, so the host's
+    # work for chunk k+1 overlaps the devices' work on chunk k.
+    pending = [program(*self._arguments(chunk, use_tables))
+               for chunk in np.split(bit_configs, padded // self.chunk_size)]
+    return np.concatenate([np.asarray(kl) for kl in pending])[:count]
+
+  def configs_per_second(self, width: int, bit_configs: np.ndarray, *,
+                         repeats: int = 1) -> tuple[float, float]:
+    """(configurations per second, compile seconds) of one vmap width.
+
+    Times `repeats` calls on `bit_configs` (a multiple of the chunk size is
+    fairest) after one untimed call that compiles and warms up.
+    """
+    previous, self.vmap_width = self.vmap_width, width
+    try:
+      started = time.perf_counter()
+      self(bit_configs)
+      compile_seconds = time.perf_counter() - started
+      started = time.perf_counter()
+      for _ in range(repeats):
+        self(bit_configs)
+      elapsed = time.perf_counter() - started
+    finally:
+      self.vmap_width = previous
+    return repeats * len(bit_configs) / elapsed, compile_seconds
+
+
 def make_kl_evaluator(
     apply_fn: Callable[[Any, jax.Array], jax.Array],
     params: Any,
@@ -121,7 +308,10 @@ def make_kl_evaluator(
     mesh: jax.sharding.Mesh | None = None,
     memory_budget_bytes: int | None = None,
     max_vmap_width: int = 64,
-) -> Callable[[np.ndarray], np.ndarray]:
+    table_bits=DEFAULT_TABLE_BITS,
+    max_table_bytes: int = DEFAULT_MAX_TABLE_BYTES,
+    compute_dtype=jnp.float32,
+) -> KLEvaluator:
   """Returns `kl_of(bits [C, L]) -> Omega [C]` for any C, compiled once.
 
   Configurations go to one compiled program `chunk_size` at a time (the last
@@ -129,76 +319,30 @@ def make_kl_evaluator(
   device of every process) with shard_map; the parameters and calibration
   images are replicated. On each device `lax.map` walks its share
   `vmap_width` at a time, so memory stays that of `vmap_width` forward passes
-  whatever C is. On XLA CPU a width of 1 is reported fastest (vmapped
-  weights become grouped convolutions); accelerators may prefer more. With
+  whatever C is. Which width is fastest depends on the backend (on XLA CPU
+  vmapped weights become grouped convolutions): measure it with
+  `KLEvaluator.configs_per_second` or `pick_vmap_width`. With
   `vmap_width=None` the width is planned from the compiled program's memory
   analysis (`plan_vmap_width`): 1 on CPU, on accelerators the widest that
   fits `memory_budget_bytes` (default: half the device's memory), at most
   `max_vmap_width`. Every process must call `kl_of` with the same bits; each
   gets every KL back.
+
+  Every kernel is quantized once per bit-width in `table_bits` (while the
+  tables fit `max_table_bytes`); a configuration picks its kernels from
+  those tables. Configurations with a bit-width outside them are quantized
+  in the program instead (same numbers; pass `table_bits=()` to always do
+  that). `compute_dtype=jnp.bfloat16` runs the quantized forward in
+  bfloat16 (the reference logits stay float32): faster where bfloat16
+  matmuls are, at a KL error `experiments.benchmark` reports.
   """
-  activations.check_calibration_images(calibration_images)
-  mesh = config_mesh() if mesh is None else mesh
-  num_devices = mesh.devices.size
-  # Each device takes an equal share of a chunk.
-  chunk_size = -(-chunk_size // num_devices) * num_devices
-  quantized_apply = activations.make_quantized_apply(
-      apply_fn, spec, activation_ranges=activation_ranges,
-      activation_bits=activation_bits, per_channel=per_channel)
-  replicated = jax.sharding.PartitionSpec()
-  by_config = jax.sharding.PartitionSpec(CONFIG_AXIS)
-  to_global = lambda tree: jax.tree.map(
-      lambda leaf: global_array(leaf, mesh, replicated), tree)
-  params = to_global(params)
-  images = to_global(np.asarray(calibration_images))
-  reference_logits = to_global(np.asarray(
-      jax.jit(apply_fn)(jax.tree.map(np.asarray, params), np.asarray(images))))
-
-  def compile_for(width: int):
-    def kl_of_local_configs(params, bit_configs, images, reference):
-      def one(bits):
-        return metrics.kl_divergence(reference,
-                                     quantized_apply(params, bits, images))
-      return jax.lax.map(one, bit_configs, batch_size=width)
-
-    return jax.jit(
-        jax.shard_map(kl_of_local_configs, mesh=mesh,
-                      in_specs=(replicated, by_config, replicated, replicated),
-                      out_specs=by_config,
-                      # The activation hook rebinds primitives one by one,
-                      # which the varying-axes checker cannot follow.
-                      check_vma=False),
-        # Every process reads every KL back.
-        out_shardings=jax.sharding.NamedSharding(mesh, replicated))
-
-  if vmap_width is None:
-    example = global_array(np.full((chunk_size, spec.num_layers), 8,
-                                   np.int32), mesh, by_config)
-    temp_bytes = lambda width: compile_for(width).lower(
-        params, example, images, reference_logits).compile(
-        ).memory_analysis().temp_size_in_bytes
-    vmap_width = plan_vmap_width(
-        temp_bytes, mesh.devices.flat[0], chunk_size // num_devices,
-        memory_budget_bytes=memory_budget_bytes, max_width=max_vmap_width)
-    logging.info("vmap width %d (planned from memory analysis)", vmap_width)
-  kl_of_configs = compile_for(vmap_width)
-
-  def kl_of(bit_configs) -> np.ndarray:
-    bit_configs = quant.check_weight_bits(bit_configs, spec.num_layers)
-    count = bit_configs.shape[0]
-    if count == 0:
-      return np.zeros(0, np.float32)
-    padded = -(-count // chunk_size) * chunk_size
-    bit_configs = np.concatenate(
-        [bit_configs, np.repeat(bit_configs[-1:], padded - count, axis=0)])
-    results = [
-        np.asarray(kl_of_configs(params, global_array(chunk, mesh, by_config),
-                                 images, reference_logits))
-        for chunk in np.split(bit_configs, padded // chunk_size)
-    ]
-    return np.concatenate(results)[:count]
-
-  return kl_of
+  return KLEvaluator(
+      apply_fn, params, spec, calibration_images,
+      activation_ranges=activation_ranges, activation_bits=activation_bits,
+      per_channel=per_channel, chunk_size=chunk_size, vmap_width=vmap_width,
+      mesh=mesh, memory_budget_bytes=memory_budget_bytes,
+      max_vmap_width=max_vmap_width, table_bits=table_bits,
+      max_table_bytes=max_table_bytes, compute_dtype=compute_dtype)
 
 
 def plan_vmap_width(temp_bytes: Callable[[int], int], device,
