@@ -37,12 +37,16 @@ flags.DEFINE_list("query_kl", None, "KL targets for the bits-per-layer figure.")
 flags.DEFINE_integer("num_targets", 40, "KL targets in the allocation sweep.")
 flags.DEFINE_integer("chunk_size", None, "Configurations per compiled call.")
 flags.DEFINE_integer("vmap_width", None,
-                     "Configurations vmapped together; 0 plans it from the"
-                     " compiled program's memory analysis.")
+                     "Configurations vmapped together; 0 (default) measures"
+                     " the widths that fit memory once and keeps the fastest"
+                     " (cached in the workdir).")
 flags.DEFINE_float("memory_budget_mb", None,
-                   "Scratch memory per device for the planned vmap width"
+                   "Scratch memory per device that caps the vmap width"
                    " (default: half the device's memory).")
-flags.DEFINE_integer("max_vmap_width", 64, "Cap on the planned vmap width.")
+flags.DEFINE_integer("max_vmap_width", 64, "Cap on the vmap width.")
+flags.DEFINE_bool("bfloat16", False,
+                  "Quantized forward passes of the KL evaluation in bfloat16"
+                  " (faster on accelerators; KL error in BENCHMARKS.md).")
 flags.DEFINE_integer("train_epochs", None, "Epochs for a model trained here.")
 flags.DEFINE_bool("random_init", False,
                   "Random weights and synthetic images: a throughput or smoke"
@@ -113,6 +117,7 @@ def config_from_flags() -> pipeline.RunConfig:
       max_vmap_width=FLAGS.max_vmap_width,
       train_epochs=FLAGS.train_epochs,
       random_init=FLAGS.random_init,
+      bfloat16=FLAGS.bfloat16,
       fold_batch_norm=FLAGS.fold_batch_norm,
       weights=FLAGS.weights,
       layers=FLAGS.layers,

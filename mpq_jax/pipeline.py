@@ -31,6 +31,7 @@ from mpq_jax import export as export_lib
 from mpq_jax import metrics
 from mpq_jax import models
 from mpq_jax import nnx_adapter
+from mpq_jax import quant
 from mpq_jax import report as report_lib
 from mpq_jax import sampling
 from mpq_jax import search
@@ -74,7 +75,9 @@ class RunConfig:
   num_targets: int = 40
   query_kl: tuple[float, ...] | None = None  # None: quartiles of the samples
   chunk_size: int = 50
-  vmap_width: int = 1  # 0: planned from memory (sampling.plan_vmap_width)
+  # 0: the fastest width that fits memory, measured once and cached in the
+  # workdir (sampling.pick_vmap_width); > 0: that width.
+  vmap_width: int = 0
   memory_budget_mb: float | None = None  # None: half the device's memory
   max_vmap_width: int = 64
   eval_batch_size: int = 500
@@ -97,6 +100,9 @@ class RunConfig:
   compression: tuple[float, ...] | None = None
   methods: tuple[str, ...] = METHODS
   hutchinson_samples: int = baselines.hawq.DEFAULT_HUTCHINSON_SAMPLES
+  # Run the quantized forward passes of the KL evaluation in bfloat16
+  # (faster on accelerators; its KL error is in BENCHMARKS.md).
+  bfloat16: bool = False
 
   def sampling_settings(self, spec: spec_lib.LayerSpec, bit_range,
                         params_digest: str) -> dict:
@@ -107,6 +113,8 @@ class RunConfig:
         "calib_size": self.calib_size, "per_channel": self.per_channel,
         "activation_bits": self.activation_bits,
         "layer_names": list(spec.names), "params_digest": params_digest,
+        # Only when on, so that float32 stores made before it stay valid.
+        **({"compute_dtype": "bfloat16"} if self.bfloat16 else {}),
     }
 
 
@@ -307,18 +315,58 @@ class Run:
         per_channel=self.config.per_channel)
 
   @functools.cached_property
-  def kl_of(self):
-    return sampling.make_kl_evaluator(
+  def kl_of(self) -> sampling.KLEvaluator:
+    evaluator = sampling.make_kl_evaluator(
         self.apply_fn, self.params, self.spec,
         jnp.asarray(self.calibration_images),
         activation_ranges=self.activation_ranges,
         activation_bits=max(self.config.activation_bits, 1),
         per_channel=self.config.per_channel,
         chunk_size=self.config.chunk_size,
-        vmap_width=self.config.vmap_width or None,
-        memory_budget_bytes=(None if self.config.memory_budget_mb is None
-                             else int(self.config.memory_budget_mb * 1e6)),
-        max_vmap_width=self.config.max_vmap_width)
+        vmap_width=max(self.config.vmap_width, 1),
+        compute_dtype=jnp.bfloat16 if self.config.bfloat16 else jnp.float32)
+    if self.config.vmap_width == 0:
+      evaluator.vmap_width = self._fastest_vmap_width(evaluator)
+    return evaluator
+
+  def _fastest_vmap_width(self, evaluator: sampling.KLEvaluator) -> int:
+    """Measures the vmap widths that fit memory once; the workdir keeps it."""
+    device = jax.devices()[0]
+    key = {"platform": device.platform, "device_kind": device.device_kind,
+           "devices": jax.device_count(), "model": self.config.model,
+           "input_shape": list(self.input_shape),
+           "layer_names": list(self.spec.names),
+           "calib_size": self.config.calib_size,
+           "chunk_size": evaluator.chunk_size,
+           "per_channel": self.config.per_channel,
+           "activation_bits": self.config.activation_bits,
+           "bfloat16": self.config.bfloat16,
+           "memory_budget_mb": self.config.memory_budget_mb,
+           "max_vmap_width": self.config.max_vmap_width}
+    record = store.read_json(self.path("vmap_width.json"))
+    if record is not None and record.get("key") == key:
+      return record["width"]
+    widest = evaluator.widest_fitting(
+        None if self.config.memory_budget_mb is None
+        else int(self.config.memory_budget_mb * 1e6),
+        min(self.config.max_vmap_width,
+            evaluator.chunk_size // evaluator.num_devices))
+    candidates = sampling.width_candidates(widest)
+    # Equal work for every width: four configurations per device, or one
+    # vmap step of the widest candidate.
+    probe = sampling.sample_bit_configs(
+        self.config.seed, 0, evaluator.num_devices * max(4, candidates[-1]),
+        self.spec.num_layers, (quant.MIN_WEIGHT_BITS, 8))
+    width, timings = sampling.pick_vmap_width(evaluator, probe, candidates)
+    # Every process must run the same programs: process 0's choice holds.
+    width = int(distributed.from_primary(np.asarray(width)))
+    logging.info("vmap width %d: the fastest of %s on %s", width,
+                 [t["width"] for t in timings], device.device_kind)
+    if distributed.is_primary():
+      store.write_json(self.path("vmap_width.json"),
+                       {"key": key, "width": width, "widest_fitting": widest,
+                        "timings": timings})
+    return width
 
   @functools.cached_property
   def top1_of(self):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Callable, Iterator
 
@@ -182,6 +183,7 @@ class KLEvaluator:
     table_row[list(self.table_bits)] = np.arange(len(self.table_bits))
     self._table_row = table_row
     self._programs: dict = {}
+    self._executables: dict = {}
     if vmap_width is None:
       vmap_width = self._planned_width(memory_budget_bytes, max_vmap_width)
       logging.info("vmap width %d (planned from memory analysis)", vmap_width)
@@ -235,63 +237,121 @@ class KLEvaluator:
           out_shardings=jax.sharding.NamedSharding(self.mesh, replicated))
     return self._programs[key]
 
+  def _compiled(self, width: int, use_tables: bool, block_size: int):
+    """The program for blocks of `block_size` configurations, compiled once."""
+    key = (width, use_tables, block_size)
+    if key not in self._executables:
+      example = np.full((block_size, self.spec.num_layers),
+                        max(self.table_bits or (8,)), np.int32)
+      self._executables[key] = self._program(width, use_tables).lower(
+          *self._arguments(example, use_tables)).compile()
+    return self._executables[key]
+
   def _arguments(self, bit_configs: np.ndarray, use_tables: bool):
     return (self.params, self.tables if use_tables else None,
             global_array(bit_configs, self.mesh, self._by_config),
             self.images, self.reference_logits)
 
   def _planned_width(self, memory_budget_bytes, max_width) -> int:
-    example = np.full((self.chunk_size, self.spec.num_layers),
-                      max(self.table_bits or (8,)), np.int32)
     use_tables = self.tables is not None
-    temp_bytes = lambda width: self._program(width, use_tables).lower(
-        *self._arguments(example, use_tables)).compile(
-        ).memory_analysis().temp_size_in_bytes
+    temp_bytes = lambda width: self._compiled(
+        width, use_tables, self.chunk_size).memory_analysis(
+        ).temp_size_in_bytes
     return plan_vmap_width(temp_bytes, self.mesh.devices.flat[0],
                            self.chunk_size // self.num_devices,
                            memory_budget_bytes=memory_budget_bytes,
                            max_width=max_width)
+
+  def widest_fitting(self, memory_budget_bytes: int | None = None,
+                     max_width: int = 64) -> int:
+    """The widest vmap whose program fits the memory budget (see plan_vmap_width)."""
+    return self._planned_width(memory_budget_bytes, max_width)
 
   def uses_tables(self, bit_configs: np.ndarray) -> bool:
     """Whether every bit-width of these configurations has a weight table."""
     return self.tables is not None and bool(
         np.all(self._table_row[bit_configs] >= 0))
 
-  def __call__(self, bit_configs) -> np.ndarray:
-    bit_configs = quant.check_weight_bits(bit_configs, self.spec.num_layers)
+  def _run(self, width: int, bit_configs: np.ndarray,
+           block_size: int) -> np.ndarray:
+    """Padded to whole blocks of `block_size`, each one compiled call."""
     count = bit_configs.shape[0]
-    if count == 0:
-      return np.zeros(0, np.float32)
     use_tables = self.uses_tables(bit_configs)
-    program = self._program(self.vmap_width, use_tables)
-    padded = -(-count // self.chunk_size) * self.chunk_size
+    program = self._compiled(width, use_tables, block_size)
+    padded = -(-count // block_size) * block_size
     bit_configs = np.concatenate(
         [bit_configs, np.repeat(bit_configs[-1:], padded - count, axis=0)])
-    # Every chunk is dispatched before any result is read, so the host's
-    # work for chunk k+1 overlaps the devices' work on chunk k.
-    pending = [program(*self._arguments(chunk, use_tables))
-               for chunk in np.split(bit_configs, padded // self.chunk_size)]
+    # Every block is dispatched before any result is read, so the host's
+    # work for block k+1 overlaps the devices' work on block k.
+    pending = [program(*self._arguments(block, use_tables))
+               for block in np.split(bit_configs, padded // block_size)]
     return np.concatenate([np.asarray(kl) for kl in pending])[:count]
 
-  def configs_per_second(self, width: int, bit_configs: np.ndarray, *,
-                         repeats: int = 1) -> tuple[float, float]:
-    """(configurations per second, compile seconds) of one vmap width.
+  def __call__(self, bit_configs) -> np.ndarray:
+    bit_configs = quant.check_weight_bits(bit_configs, self.spec.num_layers)
+    if bit_configs.shape[0] == 0:
+      return np.zeros(0, np.float32)
+    return self._run(self.vmap_width, bit_configs, self.chunk_size)
 
-    Times `repeats` calls on `bit_configs` (a multiple of the chunk size is
-    fairest) after one untimed call that compiles and warms up.
+  def configs_per_second(self, width: int, bit_configs) -> dict:
+    """Times one vmap width on `bit_configs` as one compiled call.
+
+    The configurations are padded to a multiple of devices x width; a first
+    call compiles and warms up, a second is timed. Returns the configurations
+    per second, the compile seconds and the program's memory figures.
     """
-    previous, self.vmap_width = self.vmap_width, width
-    try:
-      started = time.perf_counter()
-      self(bit_configs)
-      compile_seconds = time.perf_counter() - started
-      started = time.perf_counter()
-      for _ in range(repeats):
-        self(bit_configs)
-      elapsed = time.perf_counter() - started
-    finally:
-      self.vmap_width = previous
-    return repeats * len(bit_configs) / elapsed, compile_seconds
+    bit_configs = quant.check_weight_bits(bit_configs, self.spec.num_layers)
+    step = self.num_devices * width
+    block = -(-bit_configs.shape[0] // step) * step
+    started = time.perf_counter()
+    self._run(width, bit_configs, block)
+    compile_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    self._run(width, bit_configs, block)
+    elapsed = time.perf_counter() - started
+    memory = self._compiled(width, self.uses_tables(bit_configs),
+                            block).memory_analysis()
+    return {"width": width, "configs_per_second": block / elapsed,
+            "seconds": elapsed, "compile_seconds": compile_seconds,
+            "temp_bytes": int(memory.temp_size_in_bytes),
+            "argument_bytes": int(memory.argument_size_in_bytes)}
+
+
+def width_candidates(widest: int) -> list[int]:
+  """Powers of two from 1 to `widest`: the widths worth timing."""
+  widths = [1]
+  while widths[-1] * 2 <= widest:
+    widths.append(widths[-1] * 2)
+  return widths
+
+
+def pick_vmap_width(evaluator: KLEvaluator, bit_configs, candidates
+                    ) -> tuple[int, list[dict]]:
+  """The fastest vmap width of `candidates` on this backend, by measurement.
+
+  Widths are tried in increasing order and the search stops at the first
+  one slower than the best so far: throughput rises with the width while
+  the devices have idle units, then falls (on XLA CPU it falls at once:
+  vmapped weights become grouped convolutions, about 7x slower), so the
+  slow widths cost one probe at most.
+
+  Returns:
+    (the fastest width, the timing record of every width tried).
+  """
+  timings = []
+  best = None
+  for width in sorted(set(int(w) for w in candidates)):
+    timing = evaluator.configs_per_second(width, bit_configs)
+    timings.append(timing)
+    logging.info("vmap width %d: %.2f configurations/s", width,
+                 timing["configs_per_second"])
+    if best is not None and (timing["configs_per_second"]
+                             < best["configs_per_second"]):
+      break
+    if best is None or (timing["configs_per_second"]
+                        > best["configs_per_second"]):
+      best = timing
+  return best["width"], timings
 
 
 def make_kl_evaluator(
@@ -320,12 +380,10 @@ def make_kl_evaluator(
   images are replicated. On each device `lax.map` walks its share
   `vmap_width` at a time, so memory stays that of `vmap_width` forward passes
   whatever C is. Which width is fastest depends on the backend (on XLA CPU
-  vmapped weights become grouped convolutions): measure it with
-  `KLEvaluator.configs_per_second` or `pick_vmap_width`. With
-  `vmap_width=None` the width is planned from the compiled program's memory
-  analysis (`plan_vmap_width`): 1 on CPU, on accelerators the widest that
-  fits `memory_budget_bytes` (default: half the device's memory), at most
-  `max_vmap_width`. Every process must call `kl_of` with the same bits; each
+  vmapped weights become grouped convolutions): `pick_vmap_width` measures
+  it. With `vmap_width=None` the width is the widest that the compiled
+  program's memory analysis fits in `memory_budget_bytes` (default: half the
+  device's memory), at most `max_vmap_width` (`plan_vmap_width`). Every process must call `kl_of` with the same bits; each
   gets every KL back.
 
   Every kernel is quantized once per bit-width in `table_bits` (while the
@@ -345,6 +403,11 @@ def make_kl_evaluator(
       max_table_bytes=max_table_bytes, compute_dtype=compute_dtype)
 
 
+def host_memory_bytes() -> int:
+  """Physical memory of this host."""
+  return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 def plan_vmap_width(temp_bytes: Callable[[int], int], device,
                     configs_per_device: int, *,
                     memory_budget_bytes: int | None = None,
@@ -354,17 +417,20 @@ def plan_vmap_width(temp_bytes: Callable[[int], int], device,
   Scratch memory grows about linearly with the width, so two compilations
   (widths 1 and 2) give the slope; the answer is the largest power of two
   under the budget, at most `max_width` and the configurations per device.
-  Without an explicit budget, a CPU gets width 1 (vmapped weights become
-  grouped convolutions there, reported about 10x slower than one at a time
-  in issue 6) and an accelerator half of its memory.
+  Without an explicit budget, an accelerator gets half of its memory and a
+  CPU device half of the host's memory shared among the local CPU devices.
+  The memory bound only caps the width: which width is fastest is measured
+  (`pick_vmap_width`).
   """
   if memory_budget_bytes is None:
     if device.platform == "cpu":
-      return 1
-    stats = device.memory_stats() or {}
-    if "bytes_limit" not in stats:
-      return 1
-    memory_budget_bytes = stats["bytes_limit"] // 2
+      memory_budget_bytes = host_memory_bytes() // 2 // max(
+          1, len(jax.local_devices(backend="cpu")))
+    else:
+      stats = device.memory_stats() or {}
+      if "bytes_limit" not in stats:
+        return 1
+      memory_budget_bytes = stats["bytes_limit"] // 2
   one, two = temp_bytes(1), temp_bytes(2)
   per_config = max(two - one, 1)
   fitting = max(1, (memory_budget_bytes - one) // per_config + 1)

@@ -98,6 +98,24 @@ def test_rerun_reuses_every_stage(finished_run):
     assert again["timings"][stage] == report["timings"][stage]
 
 
+def test_the_vmap_width_is_measured_once_and_the_fastest_kept(finished_run,
+                                                            monkeypatch):
+  config, _ = finished_run
+  workdir = __import__("pathlib").Path(config.workdir)
+  record = json.loads((workdir / "vmap_width.json").read_text())
+  timings = record["timings"]
+  speeds = {t["width"]: t["configs_per_second"] for t in timings}
+  assert all(speed > 0 for speed in speeds.values())
+  assert record["width"] == max(speeds, key=speeds.get)
+  assert set(speeds) <= set(sampling.width_candidates(record["widest_fitting"]))
+  assert record["key"]["platform"] == "cpu"
+  # A later run with the same key reads the choice instead of measuring.
+  def refuse(*args, **kwargs):
+    raise AssertionError("measured again")
+  monkeypatch.setattr(sampling, "pick_vmap_width", refuse)
+  assert pipeline.Run(config).kl_of.vmap_width == record["width"]
+
+
 def test_lost_and_corrupt_chunks_are_redone_identically(finished_run):
   config, _ = finished_run
   workdir = __import__("pathlib").Path(config.workdir)

@@ -127,7 +127,10 @@ def test_vmap_width_is_planned_from_the_memory_budget(demo_model):
   apply_fn, params, spec, images, ranges = demo_model
   cpu = jax.devices()[0]
   linear = lambda width: 1000 + 500 * width  # scratch bytes at a width
-  assert sampling.plan_vmap_width(linear, cpu, 64) == 1  # CPU, no budget
+  # A CPU without a budget gets half of the host's memory.
+  host_half = sampling.host_memory_bytes() // 2 // len(jax.devices("cpu"))
+  assert sampling.plan_vmap_width(
+      lambda width: host_half // 3 * width, cpu, 64) == 2
   assert sampling.plan_vmap_width(linear, cpu, 64,
                                   memory_budget_bytes=1000 + 500 * 8) == 8
   assert sampling.plan_vmap_width(linear, cpu, 64,
@@ -147,3 +150,76 @@ def test_vmap_width_is_planned_from_the_memory_budget(demo_model):
       apply_fn, params, spec, images, activation_ranges=ranges, chunk_size=8)
   bits = sampling.sample_bit_configs(5, 0, 8, spec.num_layers, (2, 8))
   np.testing.assert_allclose(planned(bits), fixed(bits), rtol=1e-5)
+
+
+def test_weight_tables_give_the_numbers_of_requantizing(demo_model):
+  apply_fn, params, spec, images, ranges = demo_model
+  bits = sampling.sample_bit_configs(3, 0, 6, spec.num_layers, (2, 8))
+  build = lambda **options: sampling.make_kl_evaluator(
+      apply_fn, params, spec, images, activation_ranges=ranges, chunk_size=6,
+      **options)
+  tables, requantized = build(), build(table_bits=())
+  assert tables.uses_tables(bits) and not requantized.uses_tables(bits)
+  np.testing.assert_array_equal(tables(bits), requantized(bits))
+  # Each table row is the kernel quantize_params gives at that width.
+  rows = sampling.quantized_weight_tables(params, spec, (3, 6))
+  quantized = jax.tree.leaves(spec_lib.quantize_params(
+      params, np.full(spec.num_layers, 6), spec))
+  for layer, index in enumerate(spec.leaf_indices):
+    assert rows[layer].shape == (2,) + spec.shapes[layer]
+    np.testing.assert_array_equal(rows[layer][1], quantized[index])
+  # A width outside the tables is quantized in the program instead.
+  wide = bits.copy()
+  wide[:, 0] = 12
+  assert not tables.uses_tables(wide)
+  np.testing.assert_array_equal(tables(wide), requantized(wide))
+  # Tables too large for their budget are not built.
+  assert build(max_table_bytes=1000).tables is None
+
+
+def test_bfloat16_forward_is_close_to_float32(demo_model):
+  apply_fn, params, spec, images, ranges = demo_model
+  bits = np.stack([np.full(spec.num_layers, b) for b in (3, 4, 6)])
+  build = lambda dtype: sampling.make_kl_evaluator(
+      apply_fn, params, spec, images, activation_ranges=ranges, chunk_size=3,
+      compute_dtype=dtype)(bits)
+  single, half = build(jnp.float32), build(jnp.bfloat16)
+  assert not np.array_equal(single, half)  # it really ran in bfloat16
+  np.testing.assert_allclose(half, single, rtol=0.1)
+  assert np.all(np.diff(half) < 0)
+
+
+class _FakeTimings:
+  """Stands for a KLEvaluator whose widths run at given speeds."""
+
+  def __init__(self, speeds):
+    self.speeds, self.tried = speeds, []
+
+  def configs_per_second(self, width, bit_configs):
+    self.tried.append(width)
+    return {"width": width, "configs_per_second": self.speeds[width]}
+
+
+def test_pick_vmap_width_keeps_the_fastest_and_stops_when_slower():
+  # CPU-like: wider is slower at once, so only two widths are tried.
+  cpu = _FakeTimings({1: 250.0, 2: 35.0, 4: 27.0, 8: 20.0})
+  assert sampling.pick_vmap_width(cpu, None, [1, 2, 4, 8])[0] == 1
+  assert cpu.tried == [1, 2]
+  # Accelerator-like: faster up to 4, then slower.
+  gpu = _FakeTimings({1: 10.0, 2: 18.0, 4: 30.0, 8: 29.0, 16: 50.0})
+  width, timings = sampling.pick_vmap_width(gpu, None, [16, 8, 4, 2, 1])
+  assert width == 4 and gpu.tried == [1, 2, 4, 8]
+  assert [t["width"] for t in timings] == [1, 2, 4, 8]
+  assert sampling.width_candidates(13) == [1, 2, 4, 8]
+  assert sampling.width_candidates(1) == [1]
+
+
+def test_configs_per_second_times_a_real_width(demo_model):
+  apply_fn, params, spec, images, ranges = demo_model
+  evaluator = sampling.make_kl_evaluator(apply_fn, params, spec, images,
+                                         activation_ranges=ranges)
+  bits = sampling.sample_bit_configs(0, 0, 3, spec.num_layers, (2, 8))
+  timing = evaluator.configs_per_second(2, bits)
+  assert timing["width"] == 2 and timing["configs_per_second"] > 0
+  assert timing["temp_bytes"] > 0 and timing["argument_bytes"] > 0
+  assert evaluator.vmap_width == 1  # measuring does not change the setting
