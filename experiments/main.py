@@ -12,6 +12,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from experiments import host_devices
 from mpq_jax import distributed
 from mpq_jax import models
 from mpq_jax import pipeline
@@ -145,6 +146,7 @@ def main(argv):
   if not FLAGS["verbosity"].present:
     # orbax and tfds log every file at INFO; progress bars say enough.
     logging.set_verbosity(logging.WARNING)
+  host_devices.apply(FLAGS.num_processes)
   try:
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                            FLAGS.process_id)

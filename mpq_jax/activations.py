@@ -52,6 +52,19 @@ def calibrate_activation_ranges(
   return jax.jit(ranges)(params, images)
 
 
+def input_quantizer(activation_ranges: jax.Array | None,
+                    activation_bits: int = DEFAULT_ACTIVATION_BITS):
+  """The `intercept` hook that fake-quantizes layer i's input (None: no hook)."""
+  if activation_ranges is None:
+    return None
+
+  def quantize_input(layer: int, activation: jax.Array) -> jax.Array:
+    low, high = activation_ranges[layer, 0], activation_ranges[layer, 1]
+    return quant.quantize_asymmetric(activation, activation_bits, low, high)
+
+  return quantize_input
+
+
 def make_activation_quantized_apply(
     apply_fn: ApplyFn,
     spec: spec_lib.LayerSpec,
@@ -65,10 +78,7 @@ def make_activation_quantized_apply(
   """
   if activation_ranges is None:
     return apply_fn
-
-  def quantize_input(layer: int, activation: jax.Array) -> jax.Array:
-    low, high = activation_ranges[layer, 0], activation_ranges[layer, 1]
-    return quant.quantize_asymmetric(activation, activation_bits, low, high)
+  quantize_input = input_quantizer(activation_ranges, activation_bits)
 
   def apply(params, inputs):
     return intercept.run_with_layer_hook(apply_fn, params, inputs,

@@ -16,6 +16,10 @@ import jax
 from jax import extend as jex
 
 Hook = Callable[[int, jax.Array], jax.Array]
+# layer_call(i, compute, activation) -> layer output, where compute(activation)
+# runs layer i's own primitive on that activation.
+LayerCall = Callable[[int, Callable[[jax.Array], jax.Array], jax.Array],
+                     jax.Array]
 
 # Primitives through which a kernel stays "the same weight" on its way to the
 # matmul or convolution that consumes it.
@@ -52,7 +56,8 @@ def _layer_operand(eqn, weight_layer: dict) -> tuple[int, int] | None:
 
 
 def _replay(jaxpr, consts, args, weight_layer: dict, hook: Hook | None,
-            visit: Callable[[int], None] | None):
+            visit: Callable[[int], None] | None,
+            layer_call: LayerCall | None = None):
   """Evaluates `jaxpr`, applying `hook` at weight layers; mirrors eval_jaxpr."""
   env: dict[Any, Any] = {}
   for var, value in zip(jaxpr.constvars, consts):
@@ -70,7 +75,7 @@ def _replay(jaxpr, consts, args, weight_layer: dict, hook: Hook | None,
     if name in _CALL_PRIMITIVES and inner_layers:
       closed = eqn.params["jaxpr"]
       outvals = _replay(closed.jaxpr, closed.consts, invals, inner_layers,
-                        hook, visit)
+                        hook, visit, layer_call)
     else:
       layer = _layer_operand(eqn, weight_layer)
       if layer is not None:
@@ -79,7 +84,14 @@ def _replay(jaxpr, consts, args, weight_layer: dict, hook: Hook | None,
           visit(index)
         if hook is not None:
           invals[position] = hook(index, invals[position])
-      outvals = eqn.primitive.bind(*invals, **_bind_params(eqn))
+      if layer is not None and layer_call is not None:
+        def compute(activation, invals=invals, position=layer[1], eqn=eqn):
+          operands = list(invals)
+          operands[position] = activation
+          return eqn.primitive.bind(*operands, **_bind_params(eqn))
+        outvals = layer_call(layer[0], compute, invals[layer[1]])
+      else:
+        outvals = eqn.primitive.bind(*invals, **_bind_params(eqn))
       if (name in _WEIGHT_PRESERVING and eqn.invars
           and not isinstance(eqn.invars[0], jex.core.Literal)
           and eqn.invars[0] in weight_layer):
@@ -108,6 +120,7 @@ def run_with_layer_hook(
     kernel_leaf_indices: Sequence[int],
     hook: Hook | None = None,
     visit: Callable[[int], None] | None = None,
+    layer_call: LayerCall | None = None,
 ):
   """Runs `apply_fn(params, inputs)` with `hook` on each weight layer's input.
 
@@ -119,6 +132,9 @@ def run_with_layer_hook(
       `jax.tree.leaves(params)`.
     hook: `hook(i, activation) -> activation`, called at trace time.
     visit: `visit(i)`, called in program order each time layer i runs.
+    layer_call: `layer_call(i, compute, activation) -> output` stands in for
+      layer i's primitive (after `hook`): `compute(activation)` runs it, and
+      anything else of the right shape may be returned instead.
 
   Returns:
     The model output, as `apply_fn` would return it.
@@ -137,7 +153,7 @@ def run_with_layer_hook(
   }
   out_tree = jax.tree.structure(out_shape)
   outs = _replay(closed.jaxpr, closed.consts, flat_args, weight_layer, hook,
-                 visit)
+                 visit, layer_call)
   return jax.tree.unflatten(out_tree, outs)
 
 

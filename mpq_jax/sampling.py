@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mpq_jax import activations
+from mpq_jax import intercept
 from mpq_jax import metrics
 from mpq_jax import quant
 from mpq_jax import spec as spec_lib
@@ -156,8 +157,9 @@ class KLEvaluator:
     # Each device takes an equal share of a chunk.
     self.chunk_size = -(-chunk_size // self.num_devices) * self.num_devices
     self.compute_dtype = jnp.dtype(compute_dtype)
-    self._activation_quantized = activations.make_activation_quantized_apply(
-        apply_fn, spec, activation_ranges, activation_bits)
+    self._apply_fn = apply_fn
+    self._quantize_input = activations.input_quantizer(activation_ranges,
+                                                       activation_bits)
     self._per_channel = per_channel
     self._replicated = jax.sharding.PartitionSpec()
     self._by_config = jax.sharding.PartitionSpec(CONFIG_AXIS)
@@ -182,6 +184,14 @@ class KLEvaluator:
     table_row = np.full(quant.MAX_BITS + 1, -1, np.int32)
     table_row[list(self.table_bits)] = np.arange(len(self.table_bits))
     self._table_row = table_row
+    # The first layer's input is the same for every configuration (nothing
+    # quantized runs before it), so its K possible outputs are computed once
+    # per chunk and each configuration picks one (unless it runs twice).
+    calls = []
+    jax.eval_shape(lambda p, x: intercept.run_with_layer_hook(
+        apply_fn, p, x, spec.leaf_indices, visit=calls.append),
+        params, calibration_images)
+    self.shares_first_layer = self.tables is not None and calls.count(0) == 1
     self._programs: dict = {}
     self._executables: dict = {}
     if vmap_width is None:
@@ -190,6 +200,13 @@ class KLEvaluator:
     self.vmap_width = int(vmap_width)
 
   # --- one configuration -----------------------------------------------------
+
+  def _in_compute_dtype(self, tree):
+    if self.compute_dtype == jnp.float32:
+      return tree
+    return jax.tree.map(
+        lambda leaf: leaf.astype(self.compute_dtype)
+        if jnp.issubdtype(leaf.dtype, jnp.floating) else leaf, tree)
 
   def _weights(self, params, tables, bits):
     """The parameters with every quantized kernel at `bits` (traced)."""
@@ -202,17 +219,49 @@ class KLEvaluator:
       for layer, index in enumerate(self.spec.leaf_indices):
         leaves[index] = tables[layer][rows[layer]]
       quantized = jax.tree.unflatten(treedef, leaves)
-    if self.compute_dtype != jnp.float32:
-      quantized = jax.tree.map(
-          lambda leaf: leaf.astype(self.compute_dtype)
-          if jnp.issubdtype(leaf.dtype, jnp.floating) else leaf, quantized)
-    return quantized
+    return self._in_compute_dtype(quantized)
 
-  def kl_one(self, params, tables, bits, images, reference):
-    """Omega of one configuration: pure, for jit, vmap and lax.map."""
+  def _forward(self, weights, images, layer_call=None):
+    return intercept.run_with_layer_hook(
+        self._apply_fn, weights, images.astype(self.compute_dtype),
+        self.spec.leaf_indices, hook=self._quantize_input,
+        layer_call=layer_call)
+
+  def first_layer_outputs(self, params, tables, images):
+    """Layer 0's output at each of its table rows: [K, *output shape]."""
+    leaves, treedef = jax.tree.flatten(params)
+
+    def output_at(kernel):
+      leaves[self.spec.leaf_indices[0]] = kernel
+      weights = self._in_compute_dtype(jax.tree.unflatten(treedef, leaves))
+      captured = []
+
+      def capture(layer, compute, activation):
+        output = compute(activation)
+        if layer == 0:
+          captured.append(output)
+        return output
+
+      # Everything after layer 0 is dead code that XLA removes.
+      self._forward(weights, images, capture)
+      return captured[0]
+
+    return jax.lax.map(output_at, tables[0])
+
+  def kl_one(self, params, tables, bits, images, reference,
+             first_outputs=None):
+    """Omega of one configuration: pure, for jit, vmap and lax.map.
+
+    `first_outputs` (from `first_layer_outputs`, with tables) stands in for
+    computing layer 0.
+    """
     weights = self._weights(params, tables, bits)
-    logits = self._activation_quantized(weights,
-                                        images.astype(self.compute_dtype))
+    layer_call = None
+    if first_outputs is not None:
+      first = first_outputs[jnp.asarray(self._table_row)[bits[0]]]
+      layer_call = lambda layer, compute, activation: (
+          first if layer == 0 else compute(activation))
+    logits = self._forward(weights, images, layer_call)
     return metrics.kl_divergence(reference, logits.astype(jnp.float32))
 
   # --- many configurations ---------------------------------------------------
@@ -221,7 +270,15 @@ class KLEvaluator:
     key = (width, use_tables)
     if key not in self._programs:
       def kl_of_local_configs(params, tables, bit_configs, images, reference):
-        one = lambda bits: self.kl_one(params, tables, bits, images, reference)
+        first_outputs = None
+        # Computing layer 0 at all K widths pays off from about 2K
+        # configurations per call (measured: +10% on demo_cnn at 128 per
+        # device, slower at 8 on resnet18).
+        if (use_tables and self.shares_first_layer
+            and bit_configs.shape[0] >= 2 * len(self.table_bits)):
+          first_outputs = self.first_layer_outputs(params, tables, images)
+        one = lambda bits: self.kl_one(params, tables, bits, images, reference,
+                                       first_outputs)
         return jax.lax.map(one, bit_configs, batch_size=width)
 
       replicated, by_config = self._replicated, self._by_config

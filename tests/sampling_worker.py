@@ -11,7 +11,7 @@ import sys
 
 import jax
 
-if len(sys.argv) > 2:
+if __name__ == "__main__" and len(sys.argv) > 2:
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(coordinator_address=f"127.0.0.1:{sys.argv[2]}",
                              num_processes=int(sys.argv[3]),
