@@ -187,7 +187,7 @@ def benchmark_model(name: str, side: int, num_configs: int, widths, *,
     timing = evaluator.configs_per_second(1, bits)
     reference_kl = evaluator(bits)
     add("map", 1, timing["configs_per_second"], num_configs, reference_kl,
-        compile_seconds=timing["compile_seconds"],
+        first_call_seconds=timing["first_call_seconds"],
         program_mb=(timing["temp_bytes"] + timing["argument_bytes"]) / 1e6,
         first_layer_shared=evaluator.shares_first_layer)
   if "loop" in strategies:
@@ -203,14 +203,14 @@ def benchmark_model(name: str, side: int, num_configs: int, widths, *,
         chunk_size=num_configs, table_bits=())
     timing = requant.configs_per_second(1, bits)
     add("map_requant", 1, timing["configs_per_second"], num_configs,
-        requant(bits), compile_seconds=timing["compile_seconds"])
+        requant(bits), first_call_seconds=timing["first_call_seconds"])
   if "map_bf16" in strategies:
     half = sampling.make_kl_evaluator(
         apply_fn, params, spec, jnp.asarray(images), activation_ranges=ranges,
         chunk_size=num_configs, compute_dtype=jnp.bfloat16)
     timing = half.configs_per_second(1, bits)
     add("map_bf16", 1, timing["configs_per_second"], num_configs, half(bits),
-        compile_seconds=timing["compile_seconds"])
+        first_call_seconds=timing["first_call_seconds"])
   if "vmap" in strategies:
     widest = evaluator.widest_fitting(max_width=max(widths))
     for width in [w for w in widths if w <= widest]:
@@ -219,7 +219,7 @@ def benchmark_model(name: str, side: int, num_configs: int, widths, *,
       timing = evaluator.configs_per_second(width, bits[:count])
       kl = evaluator._run(width, bits[:count], count)  # pylint: disable=protected-access
       add(f"vmap_{width}", width, timing["configs_per_second"], count, kl,
-          compile_seconds=timing["compile_seconds"],
+          first_call_seconds=timing["first_call_seconds"],
           program_mb=(timing["temp_bytes"] + timing["argument_bytes"]) / 1e6)
   if "torch" in strategies:
     try:
@@ -342,7 +342,8 @@ def main(argv):
                             vmap_probe_configs=FLAGS.vmap_probe_configs)
   result = {"machine": machine, "rows": rows,
             "command": "python -m experiments.benchmark " + " ".join(
-                f"--{k}={v}" for k, v in FLAGS.flag_values_dict().items()
+                f"--{k}={','.join(v) if isinstance(v, list) else v}"
+                for k, v in FLAGS.flag_values_dict().items()
                 if k in ("models", "image_size", "num_images", "num_configs",
                          "strategies", "vmap_widths", "cpu_devices"))}
   if not on_cpu and FLAGS.sampler_samples and "resnet50" in FLAGS.models:

@@ -65,3 +65,11 @@ def test_the_entry_point_prints_a_table_and_writes_json(tmp_path):
   assert result["machine"]["matmul_peak_gflops"] > 0
   assert [row["strategy"] for row in result["rows"]] == ["map", "vmap_2"]
   assert result["rows"][1]["configs"] == 4  # 2 steps x 2 wide x 2 devices, capped at 4
+
+
+def test_sampler_timing_runs_the_whole_job_at_the_picked_width():
+  result = benchmark.sampler_seconds("demo_cnn", 28, 40, num_images=8)
+  assert result["num_samples"] == 40 and result["seconds"] > 0
+  speeds = {t["width"]: t["configs_per_second"]
+            for t in result["width_timings"]}
+  assert result["vmap_width"] == max(speeds, key=speeds.get)

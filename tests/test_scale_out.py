@@ -142,3 +142,18 @@ def test_two_processes_run_the_pipeline_like_one(tmp_path, demo_data_dir):
   # One writer: one set of chunk files, no temporaries left behind.
   assert len(list((shared / "samples").glob("chunk_*.npz"))) == 5
   assert not list((shared / "samples").glob(".*"))
+
+
+def test_split_host_cpu_sets_the_flag_once_and_keeps_the_users(monkeypatch):
+  from mpq_jax import distributed  # pylint: disable=g-import-not-at-top
+  monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
+  assert distributed.split_host_cpu(4) == 4
+  assert os.environ["XLA_FLAGS"].split() == [
+      "--xla_cpu_enable_fast_math=false",
+      "--xla_force_host_platform_device_count=4"]
+  # A count already there (the user's, or an earlier call) is kept.
+  assert distributed.split_host_cpu(2) == 4
+  assert os.environ["XLA_FLAGS"].count("device_count") == 1
+  monkeypatch.setenv("XLA_FLAGS", "")
+  assert distributed.split_host_cpu(1) == 1
+  assert os.environ["XLA_FLAGS"] == ""
