@@ -357,9 +357,9 @@ class Run:
     probe = sampling.sample_bit_configs(
         self.config.seed, 0, evaluator.num_devices * max(4, candidates[-1]),
         self.spec.num_layers, (quant.MIN_WEIGHT_BITS, 8))
-    width, timings = sampling.pick_vmap_width(evaluator, probe, candidates)
-    # Every process must run the same programs: process 0's choice holds.
-    width = int(distributed.from_primary(np.asarray(width)))
+    # Every process must run the same programs: process 0's timings decide.
+    width, timings = sampling.pick_vmap_width(
+        evaluator, probe, candidates, agree=distributed.from_primary)
     logging.info("vmap width %d: the fastest of %s on %s", width,
                  [t["width"] for t in timings], device.device_kind)
     if distributed.is_primary():

@@ -383,7 +383,8 @@ def width_candidates(widest: int) -> list[int]:
   return widths
 
 
-def pick_vmap_width(evaluator: KLEvaluator, bit_configs, candidates
+def pick_vmap_width(evaluator: KLEvaluator, bit_configs, candidates, *,
+                    agree: Callable[[Any], Any] | None = None
                     ) -> tuple[int, list[dict]]:
   """The fastest vmap width of `candidates` on this backend, by measurement.
 
@@ -393,13 +394,25 @@ def pick_vmap_width(evaluator: KLEvaluator, bit_configs, candidates
   vmapped weights become grouped convolutions, about 7x slower), so the
   slow widths cost one probe at most.
 
+  Args:
+    evaluator: the KLEvaluator to time.
+    bit_configs: the probe configurations, the same for every width.
+    candidates: widths to consider.
+    agree: with several processes, a function that returns process 0's
+      value (`distributed.from_primary`): every process then follows process
+      0's timings, so all run the same collective programs and stop
+      together.
+
   Returns:
     (the fastest width, the timing record of every width tried).
   """
+  agree = agree or (lambda value: value)
   timings = []
   best = None
   for width in sorted(set(int(w) for w in candidates)):
     timing = evaluator.configs_per_second(width, bit_configs)
+    timing["configs_per_second"] = float(
+        agree(np.float64(timing["configs_per_second"])))
     timings.append(timing)
     logging.info("vmap width %d: %.2f configurations/s", width,
                  timing["configs_per_second"])

@@ -210,6 +210,13 @@ def test_pick_vmap_width_keeps_the_fastest_and_stops_when_slower():
   width, timings = sampling.pick_vmap_width(gpu, None, [16, 8, 4, 2, 1])
   assert width == 4 and gpu.tried == [1, 2, 4, 8]
   assert [t["width"] for t in timings] == [1, 2, 4, 8]
+  # With several processes every one follows process 0's timings.
+  follower = _FakeTimings({1: 10.0, 2: 18.0, 4: 30.0, 8: 29.0})
+  primary_speeds = iter([10.0, 5.0])
+  width, timings = sampling.pick_vmap_width(
+      follower, None, [1, 2, 4, 8], agree=lambda _: next(primary_speeds))
+  assert width == 1 and follower.tried == [1, 2]
+  assert [t["configs_per_second"] for t in timings] == [10.0, 5.0]
   assert sampling.width_candidates(13) == [1, 2, 4, 8]
   assert sampling.width_candidates(1) == [1]
 

@@ -139,6 +139,10 @@ def test_two_processes_run_the_pipeline_like_one(tmp_path, demo_data_dir):
       a["bits"] for a in want["allocations"]]
   assert [a["top1"] for a in got["allocations"]] == [
       a["top1"] for a in want["allocations"]]
+  # The vmap width was measured once for all four devices of both
+  # processes, on process 0's timings.
+  record = json.loads((shared / "vmap_width.json").read_text())
+  assert record["key"]["devices"] == 4 and record["width"] >= 1
   # One writer: one set of chunk files, no temporaries left behind.
   assert len(list((shared / "samples").glob("chunk_*.npz"))) == 5
   assert not list((shared / "samples").glob(".*"))
