@@ -24,7 +24,9 @@ from mpq_jax.qwix_handoff import qwix_rules
 from mpq_jax.quant import quantize_asymmetric
 from mpq_jax.quant import quantize_symmetric
 from mpq_jax.quant import symmetric_codes
+from mpq_jax.sampling import KLEvaluator
 from mpq_jax.sampling import make_kl_evaluator
+from mpq_jax.sampling import pick_vmap_width
 from mpq_jax.sampling import sample_bit_configs
 from mpq_jax.search import choose_bit_range
 from mpq_jax.spec import build_layer_spec
@@ -54,6 +56,8 @@ __all__ = [
     "quantize_symmetric",
     "symmetric_codes",
     "make_kl_evaluator",
+    "pick_vmap_width",
+    "KLEvaluator",
     "sample_bit_configs",
     "choose_bit_range",
     "build_layer_spec",
