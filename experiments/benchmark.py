@@ -217,7 +217,7 @@ def benchmark_model(name: str, side: int, num_configs: int, widths, *,
       count = (vmap_probe_configs or 2 * width) * evaluator.num_devices
       count = min(count, num_configs)
       timing = evaluator.configs_per_second(width, bits[:count])
-      kl = evaluator._run(width, bits[:count], count)  # pylint: disable=protected-access
+      kl = evaluator.evaluate(width, bits[:count], count)
       add(f"vmap_{width}", width, timing["configs_per_second"], count, kl,
           first_call_seconds=timing["first_call_seconds"],
           program_mb=(timing["temp_bytes"] + timing["argument_bytes"]) / 1e6)

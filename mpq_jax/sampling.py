@@ -329,9 +329,13 @@ class KLEvaluator:
     return self.tables is not None and bool(
         np.all(self._table_row[bit_configs] >= 0))
 
-  def _run(self, width: int, bit_configs: np.ndarray,
-           block_size: int) -> np.ndarray:
-    """Padded to whole blocks of `block_size`, each one compiled call."""
+  def evaluate(self, width: int, bit_configs: np.ndarray,
+               block_size: int) -> np.ndarray:
+    """KL of validated `bit_configs` at a given vmap width and block size.
+
+    The configurations are padded to whole blocks of `block_size` (a
+    multiple of the device count), each block one compiled call.
+    """
     count = bit_configs.shape[0]
     use_tables = self.uses_tables(bit_configs)
     program = self._compiled(width, use_tables, block_size)
@@ -348,7 +352,7 @@ class KLEvaluator:
     bit_configs = quant.check_weight_bits(bit_configs, self.spec.num_layers)
     if bit_configs.shape[0] == 0:
       return np.zeros(0, np.float32)
-    return self._run(self.vmap_width, bit_configs, self.chunk_size)
+    return self.evaluate(self.vmap_width, bit_configs, self.chunk_size)
 
   def configs_per_second(self, width: int, bit_configs) -> dict:
     """Times one vmap width on `bit_configs` as one compiled call.
@@ -362,10 +366,10 @@ class KLEvaluator:
     step = self.num_devices * width
     block = -(-bit_configs.shape[0] // step) * step
     started = time.perf_counter()
-    self._run(width, bit_configs, block)
+    self.evaluate(width, bit_configs, block)
     first_call_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    self._run(width, bit_configs, block)
+    self.evaluate(width, bit_configs, block)
     elapsed = time.perf_counter() - started
     memory = self._compiled(width, self.uses_tables(bit_configs),
                             block).memory_analysis()
