@@ -67,9 +67,10 @@ flags.DEFINE_integer("num_images", 50, "Calibration images N.")
 flags.DEFINE_integer("num_configs", 0,
                      "Configurations per strategy (0: 200 for demo_cnn, 48"
                      " for the others on CPU, 256 on an accelerator).")
-flags.DEFINE_list("strategies",
-                  ["loop", "map", "map_requant", "map_bf16", "vmap", "torch"],
-                  "Strategies to time.")
+STRATEGIES = ("loop", "map", "map_requant", "map_bf16", "vmap", "torch")
+
+flags.DEFINE_list("strategies", list(STRATEGIES),
+                  "Strategies to time (see the module docstring).")
 flags.DEFINE_list("vmap_widths", ["2", "4", "8"],
                   "Widths for the vmap strategy (capped by what fits).")
 flags.DEFINE_integer("vmap_probe_configs", 0,
@@ -315,8 +316,25 @@ def _table(rows) -> str:
   return "\n".join(lines)
 
 
+def check_flags() -> None:
+  """Bad flag values stop the run before any work, naming the fix."""
+  unknown = sorted(set(FLAGS.strategies) - set(STRATEGIES))
+  if unknown:
+    raise app.UsageError(f"unknown strategies {unknown}: choose from"
+                         f" {', '.join(STRATEGIES)}.")
+  for name in FLAGS.models:
+    try:
+      models.get_model_entry(name)
+    except ValueError as error:
+      raise app.UsageError(str(error)) from None
+  if not all(w.isdigit() and int(w) >= 1 for w in FLAGS.vmap_widths):
+    raise app.UsageError(f"--vmap_widths={','.join(FLAGS.vmap_widths)}: give"
+                         " positive integers, e.g. --vmap_widths=2,4,8.")
+
+
 def main(argv):
   del argv
+  check_flags()
   host_devices.apply()
 
   device = jax.devices()[0]

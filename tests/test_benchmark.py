@@ -73,3 +73,18 @@ def test_sampler_timing_runs_the_whole_job_at_the_picked_width():
   speeds = {t["width"]: t["configs_per_second"]
             for t in result["width_timings"]}
   assert result["vmap_width"] == max(speeds, key=speeds.get)
+
+
+@pytest.mark.parametrize("flag,message", [
+    ("--strategies=map,warp", "unknown strategies ['warp']: choose from loop"),
+    ("--models=resnet51", "unknown model 'resnet51'"),
+    ("--vmap_widths=2,x", "give positive integers, e.g. --vmap_widths=2,4,8"),
+])
+def test_bad_flags_stop_before_any_work(flag, message, tmp_path):
+  completed = subprocess.run(
+      [sys.executable, "-m", "experiments.benchmark", flag,
+       f"--output={tmp_path / 'bench.json'}"],
+      capture_output=True, text=True, timeout=120)
+  assert completed.returncode != 0
+  assert message in completed.stderr
+  assert not (tmp_path / "bench.json").exists()
