@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 from jax import extend as jex
 
 Hook = Callable[[int, jax.Array], jax.Array]
@@ -55,9 +56,60 @@ def _layer_operand(eqn, weight_layer: dict) -> tuple[int, int] | None:
   return None
 
 
+# XLA CPU runs a convolution whose output map is 1x1 or 2x2 10-70x slower
+# than the same product written as patches times a matrix (3x3, 512
+# channels, 2x2 map, 50 images: 0.28 s against 0.004 s; 3x3 and larger maps
+# are on par). ResNets meet such maps at small inputs (64x64 and below).
+_SMALL_MAP_SIDE = 2
+_NHWC_HWIO_NHWC = ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
+
+
+def _is_small_map_conv(eqn) -> bool:
+  if eqn.primitive.name != "conv_general_dilated":
+    return False
+  params = eqn.params
+  numbers = params["dimension_numbers"]
+  layout = (tuple(numbers.lhs_spec), tuple(numbers.rhs_spec),
+            tuple(numbers.out_spec))
+  kernel = eqn.invars[1].aval.shape
+  return (layout == _NHWC_HWIO_NHWC
+          and params["feature_group_count"] == 1
+          and params["batch_group_count"] == 1
+          and all(d == 1 for d in params["lhs_dilation"])
+          and all(d == 1 for d in params["rhs_dilation"])
+          and isinstance(params["padding"], (tuple, list))
+          and all(p >= 0 for pair in params["padding"] for p in pair)
+          and max(eqn.outvars[0].aval.shape[1:3]) <= _SMALL_MAP_SIDE
+          and max(kernel[:2]) > 1)
+
+
+def _conv_as_matmul(lhs, rhs, params):
+  """An NHWC/HWIO convolution as patches (kh, kw, cin order) times the kernel."""
+  (top, bottom), (left, right) = params["padding"]
+  stride_h, stride_w = params["window_strides"]
+  kh, kw, cin, cout = rhs.shape
+  padded = jnp.pad(lhs, ((0, 0), (top, bottom), (left, right), (0, 0)))
+  out_h = (padded.shape[1] - kh) // stride_h + 1
+  out_w = (padded.shape[2] - kw) // stride_w + 1
+  patches = jnp.concatenate([
+      padded[:, i:i + (out_h - 1) * stride_h + 1:stride_h,
+             j:j + (out_w - 1) * stride_w + 1:stride_w, :]
+      for i in range(kh) for j in range(kw)], axis=-1)
+  return jnp.dot(patches, rhs.reshape(kh * kw * cin, cout),
+                 precision=params["precision"],
+                 preferred_element_type=params["preferred_element_type"])
+
+
+def _bind(eqn, invals, small_convs_as_matmul: bool):
+  if small_convs_as_matmul and _is_small_map_conv(eqn):
+    return _conv_as_matmul(invals[0], invals[1], eqn.params)
+  return eqn.primitive.bind(*invals, **_bind_params(eqn))
+
+
 def _replay(jaxpr, consts, args, weight_layer: dict, hook: Hook | None,
             visit: Callable[[int], None] | None,
-            layer_call: LayerCall | None = None):
+            layer_call: LayerCall | None = None,
+            small_convs_as_matmul: bool = False):
   """Evaluates `jaxpr`, applying `hook` at weight layers; mirrors eval_jaxpr."""
   env: dict[Any, Any] = {}
   for var, value in zip(jaxpr.constvars, consts):
@@ -75,7 +127,7 @@ def _replay(jaxpr, consts, args, weight_layer: dict, hook: Hook | None,
     if name in _CALL_PRIMITIVES and inner_layers:
       closed = eqn.params["jaxpr"]
       outvals = _replay(closed.jaxpr, closed.consts, invals, inner_layers,
-                        hook, visit, layer_call)
+                        hook, visit, layer_call, small_convs_as_matmul)
     else:
       layer = _layer_operand(eqn, weight_layer)
       if layer is not None:
@@ -88,10 +140,10 @@ def _replay(jaxpr, consts, args, weight_layer: dict, hook: Hook | None,
         def compute(activation, invals=invals, position=layer[1], eqn=eqn):
           operands = list(invals)
           operands[position] = activation
-          return eqn.primitive.bind(*operands, **_bind_params(eqn))
+          return _bind(eqn, operands, small_convs_as_matmul)
         outvals = layer_call(layer[0], compute, invals[layer[1]])
       else:
-        outvals = eqn.primitive.bind(*invals, **_bind_params(eqn))
+        outvals = _bind(eqn, invals, small_convs_as_matmul)
       if (name in _WEIGHT_PRESERVING and eqn.invars
           and not isinstance(eqn.invars[0], jex.core.Literal)
           and eqn.invars[0] in weight_layer):
@@ -121,6 +173,7 @@ def run_with_layer_hook(
     hook: Hook | None = None,
     visit: Callable[[int], None] | None = None,
     layer_call: LayerCall | None = None,
+    small_convs_as_matmul: bool | None = None,
 ):
   """Runs `apply_fn(params, inputs)` with `hook` on each weight layer's input.
 
@@ -135,6 +188,10 @@ def run_with_layer_hook(
     layer_call: `layer_call(i, compute, activation) -> output` stands in for
       layer i's primitive (after `hook`): `compute(activation)` runs it, and
       anything else of the right shape may be returned instead.
+    small_convs_as_matmul: compute NHWC convolutions with a 1x1 or 2x2
+      output map as patches times a matrix (same numbers to float rounding),
+      which XLA CPU runs 10-70x faster. None: on when the default backend is
+      the CPU.
 
   Returns:
     The model output, as `apply_fn` would return it.
@@ -152,8 +209,10 @@ def run_with_layer_hook(
       if leaf < num_param_leaves
   }
   out_tree = jax.tree.structure(out_shape)
+  if small_convs_as_matmul is None:
+    small_convs_as_matmul = jax.default_backend() == "cpu"
   outs = _replay(closed.jaxpr, closed.consts, flat_args, weight_layer, hook,
-                 visit, layer_call)
+                 visit, layer_call, small_convs_as_matmul)
   return jax.tree.unflatten(out_tree, outs)
 
 

@@ -438,3 +438,34 @@ def test_functional_model_eval_mode_freezes_dropout_and_batch_stats():
   assert spec.names == ("dense",)
   # 12 + 3 (dense) + 3 + 3 (norm scale and bias).
   assert spec.total_params == 21
+
+
+@pytest.mark.parametrize("side,stride,padding,kernel", [
+    (2, 1, ((1, 1), (1, 1)), 3),   # resnet layer4 at 64x64: 2x2 map
+    (4, 2, ((1, 1), (1, 1)), 3),   # strided down to 2x2
+    (1, 1, ((1, 1), (1, 1)), 3),   # 1x1 map
+    (3, 2, ((0, 1), (2, 0)), 2),   # uneven padding, 2x2 kernel
+])
+def test_small_map_convolutions_become_matmuls_with_the_same_numbers(
+    side, stride, padding, kernel):
+  kernel_init = jax.random.normal(jax.random.key(0),
+                                  (kernel, kernel, 16, 8)) * 0.1
+  images = jax.random.normal(jax.random.key(1), (5, side, side, 16))
+  apply_fn = lambda params, x: jax.lax.conv_general_dilated(
+      x, params["kernel"], (stride, stride), padding,
+      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  params = {"kernel": kernel_init}
+  direct = apply_fn(params, images)
+  assert max(direct.shape[1:3]) <= 2
+  rewritten = intercept.run_with_layer_hook(apply_fn, params, images, [0],
+                                            small_convs_as_matmul=True)
+  jaxpr = jax.make_jaxpr(lambda p, x: intercept.run_with_layer_hook(
+      apply_fn, p, x, [0], small_convs_as_matmul=True))(params, images)
+  primitives = {eqn.primitive.name for eqn in jaxpr.jaxpr.eqns}
+  assert "conv_general_dilated" not in primitives and "dot_general" in primitives
+  np.testing.assert_allclose(rewritten, direct, rtol=1e-5, atol=1e-5)
+  # Larger maps keep the convolution.
+  wide = jax.random.normal(jax.random.key(2), (5, 8, 8, 16))
+  jaxpr = jax.make_jaxpr(lambda p, x: intercept.run_with_layer_hook(
+      apply_fn, p, x, [0], small_convs_as_matmul=True))(params, wide)
+  assert "conv_general_dilated" in {e.primitive.name for e in jaxpr.jaxpr.eqns}
