@@ -125,7 +125,7 @@ def _kl_error(kl, reference) -> dict:
           "kl_max_rel_diff": float(relative.max()) if relative.size else 0.0}
 
 
-def _setup(name: str, side: int, num_images: int):
+def setup_model(name: str, side: int, num_images: int):
   """Random-weight model (batch norm folded), images, spec and ranges."""
 
 
@@ -152,7 +152,7 @@ def benchmark_model(name: str, side: int, num_configs: int, widths, *,
   The map row is always measured when map or vmap is asked for: it is the
   reference of the KL differences.
   """
-  unfolded, apply_fn, params, images, spec, ranges = _setup(name, side,
+  unfolded, apply_fn, params, images, spec, ranges = setup_model(name, side,
                                                             num_images)
   shape = images.shape[1:]
   bits = sampling.sample_bit_configs(0, 0, num_configs, spec.num_layers,
@@ -189,7 +189,7 @@ def benchmark_model(name: str, side: int, num_configs: int, widths, *,
 
   if "map" in strategies or "vmap" in strategies:
     timing = evaluator.configs_per_second(1, bits)
-    reference_kl = evaluator(bits)
+    reference_kl = timing["kl"]
     add("map", 1, timing["configs_per_second"], num_configs, reference_kl,
         first_call_seconds=timing["first_call_seconds"],
         program_mb=(timing["temp_bytes"] + timing["argument_bytes"]) / 1e6,
@@ -205,20 +205,20 @@ def benchmark_model(name: str, side: int, num_configs: int, widths, *,
     requant = build(table_bits=())
     timing = requant.configs_per_second(1, bits)
     add("map_requant", 1, timing["configs_per_second"], num_configs,
-        requant(bits), first_call_seconds=timing["first_call_seconds"])
+        timing["kl"], first_call_seconds=timing["first_call_seconds"])
   if "map_bf16" in strategies:
     half = build(compute_dtype=jnp.bfloat16)
     timing = half.configs_per_second(1, bits)
-    add("map_bf16", 1, timing["configs_per_second"], num_configs, half(bits),
-        first_call_seconds=timing["first_call_seconds"])
+    add("map_bf16", 1, timing["configs_per_second"], num_configs,
+        timing["kl"], first_call_seconds=timing["first_call_seconds"])
   if "vmap" in strategies:
     widest = evaluator.widest_fitting(max_width=max(widths))
     for width in [w for w in widths if w <= widest]:
       count = (vmap_probe_configs or 2 * width) * evaluator.num_devices
       count = min(count, num_configs)
       timing = evaluator.configs_per_second(width, bits[:count])
-      kl = evaluator.evaluate(width, bits[:count], count)
-      add(f"vmap_{width}", width, timing["configs_per_second"], count, kl,
+      add(f"vmap_{width}", width, timing["configs_per_second"], count,
+          timing["kl"],
           first_call_seconds=timing["first_call_seconds"],
           program_mb=(timing["temp_bytes"] + timing["argument_bytes"]) / 1e6)
   if "torch" in strategies:
@@ -257,16 +257,12 @@ def benchmark_model(name: str, side: int, num_configs: int, widths, *,
 def sampler_seconds(name: str, side: int, num_samples: int,
                     num_images: int = 50) -> dict:
   """The sampler's whole job on an accelerator: S configurations, timed."""
-
-
-  _, apply_fn, params, images, spec, ranges = _setup(name, side, num_images)
+  _, apply_fn, params, images, spec, ranges = setup_model(name, side,
+                                                         num_images)
   evaluator = sampling.make_kl_evaluator(
       apply_fn, params, spec, jnp.asarray(images), activation_ranges=ranges,
       chunk_size=64)
-  probe = sampling.sample_bit_configs(1, 0, 4 * evaluator.num_devices,
-                                      spec.num_layers, (2, 8))
-  width, timings = sampling.pick_vmap_width(
-      evaluator, probe, sampling.width_candidates(evaluator.widest_fitting()))
+  width, _, timings = sampling.fastest_vmap_width(evaluator, seed=1)
   evaluator.vmap_width = width
   bits = sampling.sample_bit_configs(0, 0, num_samples, spec.num_layers,
                                      (2, 8), "graded")

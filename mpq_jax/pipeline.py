@@ -31,7 +31,6 @@ from mpq_jax import export as export_lib
 from mpq_jax import metrics
 from mpq_jax import models
 from mpq_jax import nnx_adapter
-from mpq_jax import quant
 from mpq_jax import report as report_lib
 from mpq_jax import sampling
 from mpq_jax import search
@@ -346,21 +345,12 @@ class Run:
     record = store.read_json(self.path("vmap_width.json"))
     if record is not None and record.get("key") == key:
       return record["width"]
-    widest = evaluator.widest_fitting(
-        None if self.config.memory_budget_mb is None
-        else int(self.config.memory_budget_mb * 1e6),
-        min(self.config.max_vmap_width,
-            evaluator.chunk_size // evaluator.num_devices))
-    candidates = sampling.width_candidates(widest)
-    # Four configurations per device keep the probe short on large models
-    # (slow widths are slow there); a wider vmap pads them to one step, and
-    # the timing counts the padding as work.
-    probe = sampling.sample_bit_configs(
-        self.config.seed, 0, evaluator.num_devices * 4,
-        self.spec.num_layers, (quant.MIN_WEIGHT_BITS, 8))
     # Every process must run the same programs: process 0's timings decide.
-    width, timings = sampling.pick_vmap_width(
-        evaluator, probe, candidates, agree=distributed.from_primary)
+    width, widest, timings = sampling.fastest_vmap_width(
+        evaluator, seed=self.config.seed,
+        memory_budget_bytes=(None if self.config.memory_budget_mb is None
+                             else int(self.config.memory_budget_mb * 1e6)),
+        max_width=self.config.max_vmap_width, agree=distributed.from_primary)
     logging.info("vmap width %d: the fastest of %s on %s", width,
                  [t["width"] for t in timings], device.device_kind)
     if distributed.is_primary():

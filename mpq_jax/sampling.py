@@ -195,7 +195,7 @@ class KLEvaluator:
     self._programs: dict = {}
     self._executables: dict = {}
     if vmap_width is None:
-      vmap_width = self._planned_width(memory_budget_bytes, max_vmap_width)
+      vmap_width = self.widest_fitting(memory_budget_bytes, max_vmap_width)
       logging.info("vmap width %d (planned from memory analysis)", vmap_width)
     self.vmap_width = int(vmap_width)
 
@@ -214,11 +214,9 @@ class KLEvaluator:
       quantized = spec_lib.quantize_params(params, bits, self.spec,
                                            per_channel=self._per_channel)
     else:
-      leaves, treedef = jax.tree.flatten(params)
       rows = jnp.asarray(self._table_row)[bits]
-      for layer, index in enumerate(self.spec.leaf_indices):
-        leaves[index] = tables[layer][rows[layer]]
-      quantized = jax.tree.unflatten(treedef, leaves)
+      quantized = spec_lib.replace_kernels(
+          params, self.spec, lambda layer, _: tables[layer][rows[layer]])
     return self._in_compute_dtype(quantized)
 
   def _forward(self, weights, images, layer_call=None):
@@ -229,11 +227,9 @@ class KLEvaluator:
 
   def first_layer_outputs(self, params, tables, images):
     """Layer 0's output at each of its table rows: [K, *output shape]."""
-    leaves, treedef = jax.tree.flatten(params)
-
     def output_at(kernel):
-      leaves[self.spec.leaf_indices[0]] = kernel
-      weights = self._in_compute_dtype(jax.tree.unflatten(treedef, leaves))
+      weights = self._in_compute_dtype(spec_lib.replace_kernels(
+          params, self.spec, lambda *_: kernel, layers=[0]))
       captured = []
 
       def capture(layer, compute, activation):
@@ -309,7 +305,9 @@ class KLEvaluator:
             global_array(bit_configs, self.mesh, self._by_config),
             self.images, self.reference_logits)
 
-  def _planned_width(self, memory_budget_bytes, max_width) -> int:
+  def widest_fitting(self, memory_budget_bytes: int | None = None,
+                     max_width: int = 64) -> int:
+    """The widest vmap whose program fits the memory budget (see plan_vmap_width)."""
     use_tables = self.tables is not None
     temp_bytes = lambda width: self._compiled(
         width, use_tables, self.chunk_size).memory_analysis(
@@ -318,11 +316,6 @@ class KLEvaluator:
                            self.chunk_size // self.num_devices,
                            memory_budget_bytes=memory_budget_bytes,
                            max_width=max_width)
-
-  def widest_fitting(self, memory_budget_bytes: int | None = None,
-                     max_width: int = 64) -> int:
-    """The widest vmap whose program fits the memory budget (see plan_vmap_width)."""
-    return self._planned_width(memory_budget_bytes, max_width)
 
   def uses_tables(self, bit_configs: np.ndarray) -> bool:
     """Whether every bit-width of these configurations has a weight table."""
@@ -359,8 +352,8 @@ class KLEvaluator:
 
     The configurations are padded to a multiple of devices x width; a first
     call compiles and warms up, a second is timed. Returns the configurations
-    per second, the seconds of the first call (compilation and one run) and
-    the program's memory figures.
+    per second, the seconds of the first call (compilation and one run), the
+    program's memory figures and the KL of the timed call.
     """
     bit_configs = quant.check_weight_bits(bit_configs, self.spec.num_layers)
     step = self.num_devices * width
@@ -369,14 +362,14 @@ class KLEvaluator:
     self.evaluate(width, bit_configs, block)
     first_call_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    self.evaluate(width, bit_configs, block)
+    kl = self.evaluate(width, bit_configs, block)
     elapsed = time.perf_counter() - started
     memory = self._compiled(width, self.uses_tables(bit_configs),
                             block).memory_analysis()
     return {"width": width, "configs_per_second": block / elapsed,
             "seconds": elapsed, "first_call_seconds": first_call_seconds,
             "temp_bytes": int(memory.temp_size_in_bytes),
-            "argument_bytes": int(memory.argument_size_in_bytes)}
+            "argument_bytes": int(memory.argument_size_in_bytes), "kl": kl}
 
 
 def width_candidates(widest: int) -> list[int]:
@@ -415,6 +408,7 @@ def pick_vmap_width(evaluator: KLEvaluator, bit_configs, candidates, *,
   best = None
   for width in sorted(set(int(w) for w in candidates)):
     timing = evaluator.configs_per_second(width, bit_configs)
+    timing.pop("kl", None)  # the probe's KL is not kept
     timing["configs_per_second"] = float(
         agree(np.float64(timing["configs_per_second"])))
     timings.append(timing)
@@ -427,6 +421,32 @@ def pick_vmap_width(evaluator: KLEvaluator, bit_configs, candidates, *,
                         > best["configs_per_second"]):
       best = timing
   return best["width"], timings
+
+
+def fastest_vmap_width(evaluator: KLEvaluator, *, seed: int = 0,
+                       memory_budget_bytes: int | None = None,
+                       max_width: int = 64,
+                       agree: Callable[[Any], Any] | None = None
+                       ) -> tuple[int, int, list[dict]]:
+  """Times the vmap widths that fit memory on a short probe; keeps the fastest.
+
+  The candidates are the powers of two up to the widest that fits
+  `memory_budget_bytes` (see `plan_vmap_width`), `max_width` and the
+  configurations per device of a chunk. The probe is four configurations
+  per device: short on large models, where slow widths are slow; a wider
+  vmap pads them to one step, and the timing counts the padding as work.
+
+  Returns:
+    (the fastest width, the widest that fits, the timing of every width
+    tried); `agree` as in `pick_vmap_width`.
+  """
+  widest = evaluator.widest_fitting(memory_budget_bytes, max_width)
+  probe = sample_bit_configs(
+      seed, 0, evaluator.num_devices * 4, evaluator.spec.num_layers,
+      (min(DEFAULT_TABLE_BITS), max(DEFAULT_TABLE_BITS)))
+  width, timings = pick_vmap_width(evaluator, probe, width_candidates(widest),
+                                   agree=agree)
+  return width, widest, timings
 
 
 def make_kl_evaluator(

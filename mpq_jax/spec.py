@@ -166,10 +166,20 @@ def quantize_params(
   if not isinstance(bits, jax.core.Tracer):
     quant.check_weight_bits(bits, spec.num_layers)
   bits = jnp.asarray(bits, jnp.int32)
-  leaves, treedef = jax.tree.flatten(params)
-  leaves = list(leaves)
   channel_axis = -1 if per_channel else None
-  for layer, index in enumerate(spec.leaf_indices):
-    leaves[index] = quant.quantize_symmetric(leaves[index], bits[layer],
-                                             channel_axis)
+  return replace_kernels(params, spec, lambda layer, kernel: (
+      quant.quantize_symmetric(kernel, bits[layer], channel_axis)))
+
+
+def replace_kernels(params: Any, spec: LayerSpec,
+                    new_kernel: Callable[[int, Any], Any],
+                    layers=None) -> Any:
+  """`params` with kernel i of `spec` replaced by `new_kernel(i, kernel)`.
+
+  Every layer of the spec, or only those in `layers`; pure, for tracing.
+  """
+  leaves, treedef = jax.tree.flatten(params)
+  for layer in range(spec.num_layers) if layers is None else layers:
+    index = spec.leaf_indices[layer]
+    leaves[index] = new_kernel(layer, leaves[index])
   return jax.tree.unflatten(treedef, leaves)

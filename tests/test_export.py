@@ -8,14 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import safetensors.numpy
-from flax import nnx
 
 from mpq_jax import activations
 from mpq_jax import export
 from mpq_jax import metrics
-from mpq_jax import nnx_adapter
 from mpq_jax import spec as spec_lib
-from mpq_jax.models import demo_cnn
 
 
 @pytest.mark.parametrize("bits", range(2, 9))
@@ -43,14 +40,8 @@ def test_packing_is_little_endian_b_bits_per_code():
 
 
 @pytest.fixture(scope="module")
-def model():
-  apply_fn, params = nnx_adapter.functional_model(
-      demo_cnn.DemoCNN(rngs=nnx.Rngs(0)))
-  images = jax.random.normal(jax.random.key(1), (8, 28, 28, 1))
-  spec = spec_lib.build_layer_spec(apply_fn, params, images[:1])
-  ranges = activations.calibrate_activation_ranges(apply_fn, params, spec,
-                                                   images)
-  return apply_fn, params, spec, images, ranges
+def model(make_demo_model):
+  return make_demo_model(8)
 
 
 @pytest.mark.parametrize("per_channel", [False, True])

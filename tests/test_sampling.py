@@ -4,14 +4,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from mpq_jax import activations
 from mpq_jax import metrics
-from mpq_jax import nnx_adapter
 from mpq_jax import sampling
 from mpq_jax import spec as spec_lib
-from mpq_jax.models import demo_cnn
 
 
 @pytest.mark.parametrize("sampler", sampling.SAMPLERS)
@@ -70,14 +67,8 @@ def test_chunk_starts_tile_the_samples():
 
 
 @pytest.fixture(scope="module")
-def demo_model():
-  apply_fn, params = nnx_adapter.functional_model(
-      demo_cnn.DemoCNN(rngs=nnx.Rngs(0)))
-  images = jax.random.normal(jax.random.key(1), (6, 28, 28, 1))
-  spec = spec_lib.build_layer_spec(apply_fn, params, images[:1])
-  ranges = activations.calibrate_activation_ranges(apply_fn, params, spec,
-                                                   images)
-  return apply_fn, params, spec, images, ranges
+def demo_model(make_demo_model):
+  return make_demo_model(6)
 
 
 def test_batched_evaluation_equals_a_loop_of_single_ones(demo_model):

@@ -9,27 +9,16 @@ pytest.importorskip("torchvision")
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 from flax import nnx  # pylint: disable=g-import-not-at-top
 
+from experiments import benchmark  # pylint: disable=g-import-not-at-top
 from experiments import torch_reference  # pylint: disable=g-import-not-at-top
-from mpq_jax import activations  # pylint: disable=g-import-not-at-top
 from mpq_jax import models  # pylint: disable=g-import-not-at-top
-from mpq_jax import nnx_adapter  # pylint: disable=g-import-not-at-top
 from mpq_jax import sampling  # pylint: disable=g-import-not-at-top
-from mpq_jax import spec as spec_lib  # pylint: disable=g-import-not-at-top
-from mpq_jax.models import folding  # pylint: disable=g-import-not-at-top
 
 
 @pytest.mark.parametrize("name,side", [("demo_cnn", 28), ("resnet18", 64)])
 def test_paper_loop_in_torch_gives_our_kl(name, side):
-  entry = models.get_model_entry(name)
-  module = entry.build(nnx.Rngs(0))
-  unfolded = nnx.to_pure_dict(nnx.state(module))
-  folding.fold_batch_norm(module)
-  apply_fn, params = nnx_adapter.functional_model(module)
-  images = np.random.default_rng(0).standard_normal(
-      (8, side, side, entry.input_shape[-1])).astype(np.float32)
-  spec = spec_lib.build_layer_spec(apply_fn, params, jnp.asarray(images[:1]))
-  ranges = activations.calibrate_activation_ranges(apply_fn, params, spec,
-                                                   jnp.asarray(images))
+  unfolded, apply_fn, params, images, spec, ranges = benchmark.setup_model(
+      name, side, 8)
   twin = torch_reference.torch_model(name, unfolded)
   # The twin is our model: same folded logits.
   with torch.no_grad():
